@@ -1,0 +1,279 @@
+"""Explanations: image → network input(s) → score maps → ranking, aligned heatmap, peak, box.
+
+Ranking: a class's score is the spatial mean of its score map, averaged over scales. At
+the native size that is the original logit; for GAP heads it is the logit at any size;
+otherwise it is the mean of the sliding-window logits.
+
+Heatmap: the target class's raw score map resampled onto the original image with cell
+values at their centres (:func:`fcn_cam.geometry.align`), averaged over scales.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .geometry import align, cell_centre
+from .images import ImageError, load_image, to_input
+from .metrics import threshold_box
+from .surgery import FCN
+
+Scales = float | Sequence[float]
+
+
+@dataclass
+class Target:
+    """One explained class: its score, aligned heatmap, raw maps, peak and box."""
+
+    index: int
+    name: str | None
+    score: float
+    heatmap: np.ndarray  # [height, width] raw scores in image pixels, fused over scales
+    cams: list[np.ndarray]  # [h, w] raw score map per scale
+    peak: tuple[float, float]  # (x, y) in image pixels
+    box: tuple[int, int, int, int]  # [x0, y0, x1, y1], x1/y1 exclusive
+
+
+@dataclass
+class Explanation:
+    image: str | None
+    width: int
+    height: int
+    scales: list[float]
+    input_shapes: list[tuple[int, int]]
+    map_shapes: list[tuple[int, int]]
+    ranking: list[tuple[int, str | None, float]]  # best classes, best first
+    targets: list[Target] = field(default_factory=list)
+
+    def record(self) -> dict:
+        """The JSON line for ``explanations.jsonl`` (primary target first)."""
+        t = self.targets[0]
+        single = len(self.scales) == 1
+        return {
+            "image": self.image,
+            "width": self.width,
+            "height": self.height,
+            "scale": self.scales[0] if single else self.scales,
+            "map_shape": list(self.map_shapes[0]) if single else [list(s) for s in self.map_shapes],
+            "class_index": t.index,
+            "class_name": t.name,
+            "score": t.score,
+            "top_k": [{"index": i, "name": n, "score": s} for i, n, s in self.ranking],
+            "peak": [round(t.peak[0], 2), round(t.peak[1], 2)],
+            "box": list(t.box),
+            "targets": [
+                {"index": x.index, "name": x.name, "score": x.score,
+                 "peak": [round(x.peak[0], 2), round(x.peak[1], 2)], "box": list(x.box)}
+                for x in self.targets
+            ],
+        }
+
+
+def resolve_class(fcn: FCN, target: int | str) -> int:
+    """A class index from an index or a (case-insensitive) class name."""
+    names = fcn.class_names or []
+    k = fcn.head[-1].out_channels
+    if isinstance(target, str) and target.strip().lstrip("-").isdigit():
+        target = int(target)
+    if isinstance(target, int):
+        if not 0 <= target < k:
+            raise ValueError(f"class index {target} out of range [0, {k})")
+        return target
+    lower = [n.lower() for n in names]
+    if target.lower() in lower:
+        return lower.index(target.lower())
+    close = difflib.get_close_matches(target.lower(), lower, n=3)
+    hint = f"; did you mean {', '.join(repr(names[lower.index(c)]) for c in close)}?" if close else ""
+    raise ValueError(f"unknown class name {target!r}{hint}")
+
+
+def _scales(scale: Scales) -> list[float]:
+    scales = [float(scale)] if isinstance(scale, int | float) else [float(s) for s in scale]
+    if not scales or any(s <= 0 for s in scales):
+        raise ValueError(f"scales must be positive, got {scales}")
+    return scales
+
+
+def sides(fcn: FCN, scales: Sequence[float]) -> list[int]:
+    """Network input shorter sides: ``round(scale × input_size)``."""
+    return [round(s * min(fcn.input_size)) for s in scales]
+
+
+@torch.inference_mode()
+def score_maps(fcn: FCN, batch: torch.Tensor) -> torch.Tensor:
+    """``[B, K, h, w]`` float32 score maps on the model's device."""
+    p = next(fcn.parameters())
+    return fcn(batch.to(p.device, p.dtype)).float()
+
+
+def summarize(
+    fcn: FCN,
+    maps: Sequence[torch.Tensor],
+    input_shapes: Sequence[tuple[int, int]],
+    image_size: tuple[int, int],
+    *,
+    scales: Sequence[float],
+    image: str | None = None,
+    target: int | str | None = None,
+    top_k: int = 1,
+    ranking_size: int = 5,
+    box_fraction: float = 0.2,
+) -> Explanation:
+    """Turn one image's score maps (``[K, h, w]`` per scale) into an :class:`Explanation`.
+
+    Args:
+        image_size: (width, height) of the original image.
+        target: class index or name; default the ``top_k`` best classes.
+    """
+    width, height = image_size
+    scores = torch.stack([m.mean(dim=(-2, -1)) for m in maps]).mean(0)
+    n = min(max(ranking_size, top_k), len(scores))
+    best = scores.topk(n).indices.tolist()
+    names = fcn.class_names
+    label = (lambda i: names[i]) if names else (lambda i: None)
+    ranking = [(i, label(i), float(scores[i])) for i in best]
+    chosen = [resolve_class(fcn, target)] if target is not None else best[:top_k]
+    geom = fcn.geometry
+    exp = Explanation(
+        image, width, height, list(scales), [tuple(s) for s in input_shapes],
+        [tuple(m.shape[-2:]) for m in maps], ranking,
+    )
+    for c in chosen:
+        aligned = [align(m[c], geom, s, (height, width)) for m, s in zip(maps, input_shapes)]
+        heat = torch.stack(aligned).mean(0).cpu().numpy()
+        if len(maps) == 1:  # the centre of the best cell, exactly
+            m = maps[0][c]
+            r, q = divmod(int(m.argmax()), m.shape[-1])
+            peak = cell_centre(geom, (r, q), input_shapes[0], (height, width))
+        else:
+            r, q = divmod(int(np.argmax(heat)), width)
+            peak = (float(q), float(r))
+        exp.targets.append(Target(
+            c, label(c), float(scores[c]), heat, [m[c].cpu().numpy() for m in maps],
+            (float(peak[0]), float(peak[1])), threshold_box(heat, box_fraction),
+        ))
+    return exp
+
+
+def _as_image(image: Image.Image | np.ndarray | str | os.PathLike) -> tuple[Image.Image, str | None]:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB"), None
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(image).convert("RGB"), None
+    return load_image(image), str(image)
+
+
+def explain(
+    fcn: FCN,
+    image: Image.Image | np.ndarray | str | os.PathLike,
+    *,
+    scale: Scales = 2.0,
+    target: int | str | None = None,
+    top_k: int = 1,
+    box_fraction: float = 0.2,
+) -> Explanation:
+    """Explain one image: all class maps from one forward pass per scale.
+
+    Args:
+        fcn: a converted model (:func:`fcn_cam.convert` or :func:`fcn_cam.load`).
+        image: a PIL image, an ``[H, W, 3]`` uint8 array or a path.
+        scale: the shorter side becomes ``scale × input_size``; several scales are fused
+            by averaging their aligned heatmaps and their class scores.
+        target: a class index or name (default: the ``top_k`` best classes).
+        box_fraction: the box covers the largest region above this fraction of the
+            heatmap's range (CAM paper: 0.2).
+    """
+    img, name = _as_image(image)
+    scales = _scales(scale)
+    xs = [to_input(img, side, fcn.info["mean"], fcn.info["std"]) for side in sides(fcn, scales)]
+    maps = [score_maps(fcn, x[None])[0] for x in xs]
+    return summarize(
+        fcn, maps, [tuple(x.shape[-2:]) for x in xs], img.size, scales=scales, image=name,
+        target=target, top_k=top_k, box_fraction=box_fraction,
+    )
+
+
+@dataclass
+class Result:
+    """One file's outcome in :func:`explain_files`: an explanation or an error."""
+
+    path: Path
+    explanation: Explanation | None = None
+    image: Image.Image | None = None
+    error: str | None = None
+
+
+def prefetch(fn, items: Iterable, workers: int, depth: int | None = None) -> Iterator:
+    """``map(fn, items)`` in a thread pool, in order, at most ``depth`` results ahead
+    (``Executor.map`` would submit everything at once: unbounded memory on big folders)."""
+    depth = depth or 2 * workers
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def explain_files(
+    fcn: FCN,
+    paths: Iterable[str | os.PathLike],
+    *,
+    scale: Scales = 2.0,
+    target: int | str | None = None,
+    top_k: int = 1,
+    box_fraction: float = 0.2,
+    batch_size: int = 8,
+    workers: int = 2,
+) -> Iterator[Result]:
+    """Explain many files, in order; a file that fails yields a :class:`Result` with the error.
+
+    Decoding and resizing run in a thread pool ahead of the network; consecutive images
+    whose inputs have the same shape are batched (others run alone — padding would change
+    the border cells).
+    """
+    scales = _scales(scale)
+    side_list = sides(fcn, scales)
+    if target is not None:
+        resolve_class(fcn, target)  # fail once, before any work
+
+    def prepare(path: Path) -> tuple[Path, Image.Image | None, list[torch.Tensor] | None, str | None]:
+        try:
+            img = load_image(path)
+            return path, img, [to_input(img, s, fcn.info["mean"], fcn.info["std"]) for s in side_list], None
+        except ImageError as e:
+            return path, None, None, str(e)
+
+    def flush(group: list) -> Iterator[Result]:
+        per_scale = [score_maps(fcn, torch.stack([g[2][i] for g in group])) for i in range(len(scales))]
+        for j, (path, img, xs, _) in enumerate(group):
+            exp = summarize(
+                fcn, [m[j] for m in per_scale], [tuple(x.shape[-2:]) for x in xs], img.size,
+                scales=scales, image=str(path), target=target, top_k=top_k,
+                box_fraction=box_fraction,
+            )
+            yield Result(path, exp, img)
+
+    group: list = []
+    for path, img, xs, err in prefetch(prepare, (Path(p) for p in paths), workers):
+        if err is not None:
+            yield Result(path, error=err)
+            continue
+        if group and ([x.shape for x in group[0][2]] != [x.shape for x in xs]
+                      or len(group) == batch_size):
+            yield from flush(group)
+            group = []
+        group.append((path, img, xs, None))
+    if group:
+        yield from flush(group)

@@ -1,0 +1,171 @@
+"""Where each score-map cell looks: stride, centre offset and window, derived from layers.
+
+A conv or pool layer with stride ``s``, kernel ``k``, dilation ``d`` and padding ``p`` maps
+output index ``i`` to the input position ``s·i + (k - 1)·d / 2 - p`` (pixel-centre index
+coordinates: pixel ``j`` is centred at ``j``). Composing these affine maps along the net
+gives, for the score map, ``centre(i) = stride·i + offset`` in network-input pixels
+(VGG16: ``32·i + 111.5``) and a receptive window of ``window`` pixels (VGG16: 404; the
+nominal classifier window is 224). Nothing here is a per-architecture table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+# Children that run beside the main path (ResNet's 1x1 projection); their geometry
+# matches the main path's by construction, so the walk follows the main path only.
+SHORTCUT_NAMES = frozenset({"downsample", "shortcut"})
+SPATIAL = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+
+
+def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def spatial_layers(module: nn.Module) -> Iterator[nn.Module]:
+    """Yield the layers that change spatial geometry, in forward order (main path only)."""
+    if isinstance(module, SPATIAL):
+        yield module
+        return
+    for name, child in module.named_children():
+        if name not in SHORTCUT_NAMES:
+            yield from spatial_layers(child)
+
+
+def layer_params(layer: nn.Module) -> tuple[tuple[int, int], ...]:
+    """``(kernel, stride, padding, dilation)`` of a conv or pool layer as (y, x) pairs."""
+    stride = layer.stride if layer.stride is not None else layer.kernel_size
+    dilation = getattr(layer, "dilation", 1)  # AvgPool2d has none
+    return tuple(_pair(v) for v in (layer.kernel_size, stride, layer.padding, dilation))
+
+
+@dataclass(frozen=True)
+class Axis:
+    """Geometry of one axis: ``centre(i) = stride·i + offset``; ``window`` pixels seen."""
+
+    stride: float
+    offset: float
+    window: float
+
+    def centres(self, n: int) -> list[float]:
+        return [self.stride * i + self.offset for i in range(n)]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Score-map geometry in network-input pixels, per axis (y, x)."""
+
+    y: Axis
+    x: Axis
+
+    @classmethod
+    def of(cls, net: nn.Module) -> Geometry:
+        """Compose the affine map of every spatial layer of ``net``."""
+        axes = []
+        for a in (0, 1):
+            stride, offset, window = 1.0, 0.0, 1.0
+            for layer in spatial_layers(net):
+                k, s, p, d = (v[a] for v in layer_params(layer))
+                offset += stride * ((k - 1) * d / 2 - p)
+                window += stride * (k - 1) * d
+                stride *= s
+            axes.append(Axis(stride, offset, window))
+        return cls(*axes)
+
+    def to_dict(self) -> dict:
+        return {"y": asdict(self.y), "x": asdict(self.x)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Geometry:
+        return cls(Axis(**d["y"]), Axis(**d["x"]))
+
+
+def map_size(net: nn.Module, height: int, width: int) -> tuple[int, int]:
+    """Score-map size for an input of ``height × width``, from the layers' size formulas.
+
+    ``out = floor_or_ceil((in + 2p - d(k - 1) - 1) / s) + 1``; a non-positive size means
+    the input is smaller than one classifier window.
+    """
+    size = [height, width]
+    for layer in spatial_layers(net):
+        k, s, p, d = layer_params(layer)
+        rnd = math.ceil if getattr(layer, "ceil_mode", False) else math.floor
+        size = [rnd((size[a] + 2 * p[a] - d[a] * (k[a] - 1) - 1) / s[a]) + 1 for a in (0, 1)]
+    return size[0], size[1]
+
+
+def _interp_matrix(
+    n_out: int, n_map: int, axis: Axis, in_per_out: float, device: torch.device
+) -> torch.Tensor:
+    """``[n_out, n_map]`` linear-interpolation weights placing cell values at their centres.
+
+    Output pixel ``j`` (of an image resized by ``1/in_per_out`` to the network input) sits
+    at input position ``X = (j + 0.5)·in_per_out - 0.5``, i.e. at fractional cell
+    ``u = (X - offset) / stride``; ``u`` is clamped to the map (border values extend).
+    """
+    j = torch.arange(n_out, device=device, dtype=torch.float64)
+    u = ((j + 0.5) * in_per_out - 0.5 - axis.offset) / axis.stride
+    u = u.clamp(0, n_map - 1)
+    lo = u.floor().long().clamp(max=max(n_map - 2, 0))
+    frac = u - lo
+    m = torch.zeros(n_out, n_map, device=device, dtype=torch.float64)
+    rows = torch.arange(n_out, device=device)
+    m[rows, lo] += 1 - frac
+    if n_map > 1:
+        m[rows, lo + 1] += frac
+    return m
+
+
+def align(
+    maps: torch.Tensor,
+    geometry: Geometry,
+    input_size: tuple[int, int],
+    image_size: tuple[int, int],
+) -> torch.Tensor:
+    """Resample score maps onto the original image so each cell sits at its centre.
+
+    Args:
+        maps: ``[..., h, w]`` score maps from a network input of ``input_size`` (H, W).
+        geometry: the net's :class:`Geometry`.
+        input_size: (H, W) of the network input the maps came from.
+        image_size: (height, width) of the original image to resample onto.
+
+    Returns:
+        ``[..., height, width]`` maps, bilinear between cell centres and constant beyond
+        the outermost centres (a separable product ``Ay · M · Axᵀ``).
+    """
+    h, w = maps.shape[-2:]
+    ay = _interp_matrix(image_size[0], h, geometry.y, input_size[0] / image_size[0], maps.device)
+    ax = _interp_matrix(image_size[1], w, geometry.x, input_size[1] / image_size[1], maps.device)
+    dt = torch.float64 if maps.dtype == torch.float64 else torch.float32
+    return ay.to(dt) @ maps.to(dt) @ ax.to(dt).T
+
+
+def stretch(maps: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """The naive resize: stretch the ``h × w`` map over the image (cells evenly spread).
+
+    Wrong for FCN score maps (VGG16 at 448: centres land at ``56·i + 27.5`` instead of
+    ``(32·i + 111.5) / 2``); kept for comparison in benchmarks.
+    """
+    lead = maps.shape[:-2]
+    flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
+    out = nn.functional.interpolate(flat, size=image_size, mode="bilinear", align_corners=False)
+    return out.reshape(*lead, *image_size)
+
+
+def cell_centre(
+    geometry: Geometry, cell: tuple[int, int], input_size: tuple[int, int],
+    image_size: tuple[int, int],
+) -> tuple[float, float]:
+    """Centre ``(x, y)`` of score cell ``(row, col)`` in original-image pixel coordinates."""
+    def to_image(pos: float, n_in: int, n_img: int) -> float:
+        return (pos + 0.5) * n_img / n_in - 0.5
+
+    y = to_image(geometry.y.stride * cell[0] + geometry.y.offset, input_size[0], image_size[0])
+    x = to_image(geometry.x.stride * cell[1] + geometry.x.offset, input_size[1], image_size[1])
+    return x, y

@@ -44,8 +44,8 @@ HIDDEN = 256
 #: Per-channel mean and std of training scenes scaled to [0, 1] (``scenes(4096, seed=1,
 #: split="train")``, recomputed by ``benchmarks/train_twins.py --stats``); the twins take
 #: ``(img / 255 - MEAN) / STD``.
-MEAN: tuple[float, float, float] = (0.0, 0.0, 0.0)
-STD: tuple[float, float, float] = (1.0, 1.0, 1.0)
+MEAN: tuple[float, float, float] = (0.4552, 0.3886, 0.3664)
+STD: tuple[float, float, float] = (0.2595, 0.2324, 0.2348)
 #: The shipped weights: ``{"fc": state_dict, "gap": state_dict, "meta": {...}}``.
 WEIGHTS_PATH = Path(__file__).with_name("twins.pt")
 

@@ -1,0 +1,115 @@
+"""Geometry: map sizes, cell centres, alignment, and a planted pattern found where it is."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from conftest import NATIVE, convert_planted
+from PIL import Image
+
+from fcn_cam import convert, explain
+from fcn_cam.geometry import Geometry, align, cell_centre, stretch
+
+
+@pytest.fixture(scope="module")
+def vgg16():
+    return convert(torchvision.models.vgg16(weights=None).eval())
+
+
+def test_vgg16_geometry_from_layers(vgg16):
+    g = vgg16.geometry
+    assert (g.y.stride, g.y.offset, g.y.window) == (32, 111.5, 404)
+    for h in (224, 256, 448, 512, 672, 500):
+        assert vgg16.map_size(h, h)[0] == h // 32 - 6
+    x = torch.zeros(1, 3, 448, 300)
+    with torch.no_grad():
+        assert tuple(vgg16(x).shape[-2:]) == vgg16.map_size(448, 300) == (8, 3)
+
+
+def test_alexnet_geometry_matches_reference_formula():
+    fcn = convert(torchvision.models.alexnet(weights=None).eval())
+    assert (fcn.geometry.x.stride, fcn.geometry.x.offset) == (32, 111)
+    for h in (224, 300, 448, 513):
+        a = (h - 7) // 4 + 1
+        b = (a - 3) // 2 + 1
+        c = (b - 3) // 2 + 1
+        d = (c - 3) // 2 + 1
+        assert fcn.map_size(h, h)[0] == d - 5
+    with torch.no_grad():
+        assert tuple(fcn(torch.zeros(1, 3, 300, 448)).shape[-2:]) == fcn.map_size(300, 448)
+
+
+def test_align_puts_each_cell_at_its_centre(vgg16):
+    """VGG16 at scale 2 on a 224-px image: cell i sits at (32 i + 111.5 + 0.5) / 2 - 0.5."""
+    g = vgg16.geometry
+    for i in range(8):
+        m = torch.zeros(8, 8)
+        m[i, 7 - i] = 1.0
+        heat = align(m, g, (448, 448), (224, 224)).numpy()
+        y, x = np.unravel_index(heat.argmax(), heat.shape)
+        cx, cy = cell_centre(g, (i, 7 - i), (448, 448), (224, 224))
+        assert cy == pytest.approx((32 * i + 111.5 + 0.5) / 2 - 0.5)
+        # the cell's value sits at its centre (half a pixel at most, stride 16 px here)
+        assert heat[round(cy), round(cx)] >= (1 - 0.5 / 16) ** 2 - 1e-6
+        if 0 < i < 7:  # outer cells extend flat to the border; inner ones peak alone
+            assert abs(y - cy) <= 0.5 and abs(x - cx) <= 0.5
+        # the naive stretch puts the same cell near 56 i + 27.5 in a 448-px frame
+        naive = stretch(m, (448, 448)).numpy()
+        assert naive[round(56 * i + 27.5), 448 - round(56 * i + 28.5)] >= 1 - 1 / 56
+
+
+def test_align_constant_beyond_outer_centres():
+    g = Geometry.from_dict({"y": {"stride": 32, "offset": 111.5, "window": 404},
+                            "x": {"stride": 32, "offset": 111.5, "window": 404}})
+    m = torch.arange(4.0).view(2, 2)
+    heat = align(m, g, (256, 256), (256, 256))
+    assert heat[0, 0] == 0 and heat[-1, -1] == 3  # clamped, not extrapolated
+    assert heat.min() >= 0 and heat.max() <= 3
+
+
+def red_patch_image(width: int, height: int, cx: int, cy: int, side: int = 12) -> Image.Image:
+    rng = np.random.default_rng(cx * 1000 + cy)
+    img = (rng.random((height, width, 3)) * 0.4 * 255).astype(np.uint8)  # dull noise, never red
+    img[cy - side // 2: cy + side // 2, cx - side // 2: cx + side // 2] = (255, 0, 0)
+    return Image.fromarray(img)
+
+
+@pytest.mark.parametrize("size", [(160, 160), (240, 150), (130, 210)])
+@pytest.mark.parametrize("scale", [1.5, 2.0, 3.0])
+def test_planted_patch_peak_within_half_stride(size, scale):
+    fcn = convert_planted()
+    width, height = size
+    rng = np.random.default_rng(int(scale * 10) + width)
+    # Cell centres cover a central band only (the outer band has no centre): plant there.
+    side = round(scale * NATIVE)
+    shape = (side, round(width * side / height)) if height <= width else (round(height * side / width), side)
+    h, w = fcn.map_size(*shape)
+    x_lo, y_lo = cell_centre(fcn.geometry, (0, 0), shape, (height, width))
+    x_hi, y_hi = cell_centre(fcn.geometry, (h - 1, w - 1), shape, (height, width))
+    assert h * w > 1
+    for _ in range(3):
+        cx = int(rng.integers(np.ceil(x_lo) + 1, np.floor(x_hi) + 1))
+        cy = int(rng.integers(np.ceil(y_lo) + 1, np.floor(y_hi) + 1))
+        exp = explain(fcn, red_patch_image(width, height, cx, cy), scale=scale, target="red")
+        # the patch's centre in pixel-centre coordinates (pixels cx-6 .. cx+5)
+        px, py = cx - 0.5, cy - 0.5
+        stride_img = fcn.geometry.x.stride * min(width, height) / (scale * NATIVE)
+        t = exp.targets[0]
+        assert abs(t.peak[0] - px) <= stride_img / 2 + 0.5
+        assert abs(t.peak[1] - py) <= stride_img / 2 + 0.5
+        x0, y0, x1, y1 = t.box
+        assert x0 <= px < x1 and y0 <= py < y1
+
+
+def test_naive_stretch_misplaces_the_planted_patch():
+    fcn = convert_planted()
+    img = red_patch_image(160, 160, 48, 112)
+    exp = explain(fcn, img, scale=3.0, target="red")
+    raw = torch.from_numpy(exp.targets[0].cams[0])
+    naive = stretch(raw, (160, 160)).numpy()
+    ny, nx = np.unravel_index(naive.argmax(), naive.shape)
+    aligned_err = np.hypot(exp.targets[0].peak[0] - 47.5, exp.targets[0].peak[1] - 111.5)
+    naive_err = np.hypot(nx - 47.5, ny - 111.5)
+    assert aligned_err < naive_err

@@ -58,7 +58,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
         what = "empty file" if size == 0 else f"not an image PIL can read ({size} bytes)"
         raise ImageError(f"{path}: {what}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{path}: {e}") from None
+        raise ImageError(f"{path}: declared size exceeds the limit of {max_pixels:,} pixels ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path}: truncated or corrupt image ({e})") from None
 

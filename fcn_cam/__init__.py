@@ -8,10 +8,11 @@
 from .explain import Explanation, explain, explain_files
 from .geometry import Geometry, align, stretch
 from .modelfile import ModelFileError, load, save
+from .runtime import prepare
 from .surgery import FCN, ConversionError, convert
 
 __all__ = [
     "FCN", "ConversionError", "Explanation", "Geometry", "ModelFileError",
-    "align", "convert", "explain", "explain_files", "load", "save", "stretch",
+    "align", "convert", "explain", "explain_files", "load", "prepare", "save", "stretch",
 ]
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ from .images import find_images
 from .modelfile import ModelFileError, load, read, save
 from .outputs import OutputDir
 from .render import check_colormap
+from .runtime import prepare
 from .surgery import FCN, ConversionError
 
 app = typer.Typer(
@@ -92,6 +93,8 @@ def explain(
     weights: Annotated[str, typer.Option(help="Weights when --model is an architecture name.")] = "DEFAULT",
     output_stride: Annotated[int | None, typer.Option(
         help="Score-map stride when --model is an architecture name.")] = None,
+    precision: Annotated[str, typer.Option(help="fp32, or bf16 (faster on CPUs with bf16 units).")] = "fp32",
+    channels_last: Annotated[bool, typer.Option(help="Channels-last memory format.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> None:
     """Explain images: one forward pass per image and scale gives every class's map.
@@ -102,7 +105,7 @@ def explain(
     """
     try:
         check_colormap(colormap)
-        fcn = open_model(model, weights, output_stride)
+        fcn = prepare(open_model(model, weights, output_stride), precision, channels_last)
         if class_ is not None:
             resolve_class(fcn, class_)
         out = OutputDir(output_dir, overwrite=overwrite, colormap=colormap, alpha=alpha) if output_dir else None

@@ -25,6 +25,7 @@ from PIL import Image
 from .geometry import align, cell_centre
 from .images import ImageError, load_image, to_input
 from .metrics import threshold_box
+from .runtime import input_like
 from .surgery import FCN
 
 Scales = float | Sequence[float]
@@ -111,8 +112,7 @@ def sides(fcn: FCN, scales: Sequence[float]) -> list[int]:
 @torch.inference_mode()
 def score_maps(fcn: FCN, batch: torch.Tensor) -> torch.Tensor:
     """``[B, K, h, w]`` float32 score maps on the model's device."""
-    p = next(fcn.parameters())
-    return fcn(batch.to(p.device, p.dtype)).float()
+    return fcn(input_like(fcn, batch)).float()
 
 
 def summarize(

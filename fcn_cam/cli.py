@@ -156,3 +156,27 @@ def info(file: Annotated[Path, typer.Argument(help="A model file from `fcn-cam c
     meta["parameters"] = sum(t.numel() for t in obj["state_dict"].values())
     for key, value in meta.items():
         typer.echo(f"{key:>14}: {json.dumps(value) if isinstance(value, dict | list) else value}")
+
+
+@app.command()
+def demo(
+    output_dir: Annotated[Path, typer.Option("-o", "--output-dir", help="Where to write.")] = Path("demo-out"),
+    n: Annotated[int, typer.Option("--n", help="Number of scenes.", min=1, max=64)] = 6,
+    seed: Annotated[int, typer.Option(help="Scene seed.")] = 2026,
+    scale: Annotated[float, typer.Option(help="Explain at this scale.")] = 2.0,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+) -> None:
+    """Offline demo: synthetic scenes, the shipped twin models, overlays and a comparison figure."""
+    try:
+        from .demo.showcase import run
+    except ImportError as e:
+        raise fail(f"{e} (install the demo extras: pip install 'fcn-cam[demo]')") from None
+    try:
+        result = run(output_dir, n=n, seed=seed, scale=scale, overwrite=overwrite)
+    except (FileExistsError, ImportError) as e:
+        raise fail(str(e)) from None
+    for s in result["scenes"]:
+        typer.echo(f"{s['scene']}: true {s['true_class']}, predicted {s['predicted']}, "
+                   f"peak {s['peak']}, box {s['box']} (true box {s['true_box']})")
+    typer.echo(f"overlays and raw maps: {result['out_dir']}/  records: {result['jsonl']}")
+    typer.echo(f"comparison (image | FCN-CAM | GAP-CAM | Grad-CAM): {result['figure']}")

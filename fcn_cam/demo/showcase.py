@@ -1,0 +1,112 @@
+"""`fcn-cam demo`: the whole pipeline offline, on demo scenes with the shipped twins.
+
+Scenes are written as PNG files and explained through the same path as user images
+(:func:`fcn_cam.explain_files` → :class:`fcn_cam.outputs.OutputDir`); a comparison
+figure puts FCN-CAM next to the GAP twin's true CAM and Grad-CAM of the FC twin.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ..explain import explain, explain_files
+from ..files import write_atomic
+from ..gradcam import grad_cam
+from ..outputs import OutputDir
+from ..surgery import FCN, convert
+from .scenes import CLASS_NAMES, scenes
+from .twins import INPUT_SIZE, MEAN, STD, preprocess, twins
+
+
+def converted_twins(output_stride: int | None = None) -> tuple[FCN, FCN, nn.Module]:
+    """``(fcn of the FC twin, CAM net of the GAP twin, the FC twin itself)``."""
+    fc, gap = twins()
+    meta = {"class_names": CLASS_NAMES, "mean": MEAN, "std": STD}
+    fcn = convert(fc, INPUT_SIZE, output_stride=output_stride, arch="demo-fc-twin", weights="shipped", **meta)
+    cam = convert(gap, INPUT_SIZE, arch="demo-gap-twin", weights="shipped", **meta)
+    return fcn, cam, fc
+
+
+def gradcam_heatmap(model: nn.Module, image: np.ndarray, target: int) -> np.ndarray:
+    """Grad-CAM of ``model`` at its native size, resized to the image (right for a layer
+    grid whose cells sit on the half-pixel grid)."""
+    layer = [m for m in model.features.modules() if isinstance(m, nn.ReLU)][-1]
+    x = preprocess(image[None])
+    m = grad_cam(model, layer, x, [target])[0]
+    h, w = image.shape[:2]
+    return torch.nn.functional.interpolate(m[None, None], size=(h, w), mode="bilinear",
+                                           align_corners=False)[0, 0].numpy()
+
+
+def comparison_figure(rows: Sequence[dict], path: Path) -> None:
+    """Image + true box | FCN-CAM | GAP-CAM | Grad-CAM, one row per scene."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = ("image, true box", "FCN-CAM (FC twin)", "GAP-CAM (GAP twin)", "Grad-CAM (FC twin)")
+    fig, axes = plt.subplots(len(rows), 4, figsize=(10, 2.6 * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        for c, ax in enumerate(axes[r]):
+            ax.imshow(row["image"])
+            if c:
+                ax.imshow(row["maps"][c - 1], cmap="jet", alpha=0.5)
+                box, label = row["boxes"][c - 1], row["labels"][c - 1]
+                ax.add_patch(plt.Rectangle((box[0] - .5, box[1] - .5), box[2] - box[0], box[3] - box[1],
+                                           fill=False, ec="white", lw=1.2, ls="--"))
+                ax.set_xlabel(label, fontsize=8)
+            x0, y0, x1, y1 = row["truth"]
+            ax.add_patch(plt.Rectangle((x0 - .5, y0 - .5), x1 - x0, y1 - y0, fill=False, ec="lime", lw=1.2))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(cols[c], fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    write_atomic(path, lambda f: f.write(buf.getvalue()))
+
+
+def run(out_dir: str | Path, n: int = 6, seed: int = 2026, scale: float = 2.0,
+        overwrite: bool = False) -> dict:
+    """Run the demo; return the paths written and a short summary per scene."""
+    from ..metrics import threshold_box
+
+    out_dir = Path(out_dir)
+    paths = [out_dir / f"scene_{i:02d}.png" for i in range(n)]
+    figure = out_dir / "comparison.png"
+    taken = [p for p in (*paths, figure, out_dir / OutputDir.JSONL) if p.exists()]
+    if taken and not overwrite:
+        raise FileExistsError(f"{taken[0]}: already exists (pass --overwrite or another -o)")
+    data = scenes(n, seed=seed, split="test")
+    fcn, cam, fc = converted_twins()
+    out = OutputDir(out_dir, overwrite=overwrite)
+    for p, img in zip(paths, data.images):
+        write_atomic(p, lambda f, img=img: Image.fromarray(img).save(f, format="PNG"))
+    rows, summary = [], []
+    for i, r in enumerate(explain_files(fcn, paths, scale=scale)):
+        if r.error:
+            raise RuntimeError(r.error)
+        record = out.write(r.explanation, r.image)
+        img, truth, label = data.images[i], data.boxes[i], int(data.labels[i])
+        t = r.explanation.targets[0]
+        gap_t = explain(cam, img, scale=1.0, target=t.index).targets[0]
+        grad = gradcam_heatmap(fc, img, t.index)
+        maps = [t.heatmap, gap_t.heatmap, grad]
+        boxes = [t.box, gap_t.box, threshold_box(grad)]
+        rows.append({"image": img, "truth": truth, "maps": maps, "boxes": boxes,
+                     "labels": [f"pred {t.name} ({t.score:.1f})", f"pred {gap_t.name}", f"class {t.name}"]})
+        summary.append({"scene": paths[i].name, "true_class": CLASS_NAMES[label],
+                        "predicted": record["class_name"], "peak": record["peak"], "box": record["box"],
+                        "true_box": [int(v) for v in truth]})
+    comparison_figure(rows, figure)
+    return {"out_dir": str(out_dir), "figure": str(figure), "jsonl": str(out.jsonl), "scenes": summary}

@@ -17,10 +17,13 @@ def check_colormap(name: str) -> None:
 
 
 def colorize(heatmap: np.ndarray, colormap: str = "jet") -> np.ndarray:
-    """``[H, W]`` map → ``[H, W, 3]`` uint8, min-max normalized with an epsilon first."""
+    """``[H, W]`` map → ``[H, W, 3]`` uint8, min-max normalized with an epsilon first.
+
+    A 256-entry lookup table keeps memory at one byte per channel (large images).
+    """
     check_colormap(colormap)
-    rgba = matplotlib.colormaps[colormap](normalize(heatmap))
-    return (rgba[..., :3] * 255).round().astype(np.uint8)
+    lut = (matplotlib.colormaps[colormap](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+    return lut[(normalize(heatmap) * 255).round().astype(np.uint8)]
 
 
 def overlay(image: Image.Image, heatmap: np.ndarray, colormap: str = "jet",
@@ -30,6 +33,4 @@ def overlay(image: Image.Image, heatmap: np.ndarray, colormap: str = "jet",
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if heatmap.shape != (image.height, image.width):
         raise ValueError(f"heatmap {heatmap.shape} does not match image {image.height}×{image.width}")
-    color = colorize(heatmap, colormap).astype(np.float32)
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    return Image.fromarray(((1 - alpha) * base + alpha * color).round().astype(np.uint8))
+    return Image.blend(image.convert("RGB"), Image.fromarray(colorize(heatmap, colormap)), alpha)

@@ -20,6 +20,7 @@ from torch import nn
 
 from .files import write_atomic
 from .surgery import FCN, convert, set_output_stride
+from .zoo import ARCHS
 
 FORMAT, VERSION = "fcn-cam", 1
 
@@ -85,7 +86,7 @@ def _architecture(fcn: FCN) -> dict:
         return {"kind": "layers", "features": _spec(fcn.features), "head": _spec(fcn.head)}
     except _NotPlain as e:
         arch = fcn.info.get("arch")
-        if arch in torchvision.models.list_models(torchvision.models) and arch.startswith("resnet"):
+        if arch in ARCHS and arch.startswith("resnet"):
             return {"kind": "torchvision", "arch": arch, "num_classes": fcn.head[-1].out_channels}
         raise ModelFileError(
             f"cannot save: layer {e} is not a standard torch.nn layer (supported: "

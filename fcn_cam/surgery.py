@@ -261,26 +261,27 @@ def set_output_stride(fcn: FCN, output_stride: int) -> None:
             if isinstance(layer, nn.AvgPool2d) and k > 1:
                 raise ConversionError("AvgPool2d has no dilation; cannot reduce the stride before it")
             if not isinstance(layer, nn.AvgPool2d):
-                layer.dilation = _scale(layer.dilation, m)
-                layer.padding = _scale(layer.padding, m)
+                layer.dilation = _times(layer.dilation, m)
+                layer.padding = _times(layer.padding, m)
         if any(layer is c for c in chosen):
             m *= layer.stride if isinstance(layer.stride, int) else layer.stride[0]
-            layer.stride = _scale(layer.stride, 0) if isinstance(layer, nn.Conv2d) else 1
+            _unstride(layer)
     # ResNet shortcuts beside a de-strided block must keep the shapes equal.
     for module in fcn.modules():
         for name in SHORTCUT_NAMES & set(dict(module.named_children())):
             main = [c for n, c in module.named_children() if n not in SHORTCUT_NAMES]
             if any(layer is c for sub in main for layer in spatial_layers(sub) for c in chosen):
                 for layer in spatial_layers(getattr(module, name)):
-                    layer.stride = _scale(layer.stride, 0) if isinstance(layer, nn.Conv2d) else 1
+                    _unstride(layer)
     fcn.info["output_stride"] = output_stride
 
 
-def _scale(v: int | tuple[int, ...], m: int) -> int | tuple[int, ...]:
-    """Multiply a layer attribute by ``m`` (``m = 0`` sets it to 1)."""
-    if isinstance(v, int):
-        return v * m if m else 1
-    return tuple(x * m if m else 1 for x in v)
+def _times(v: int | tuple[int, ...], m: int) -> int | tuple[int, ...]:
+    return v * m if isinstance(v, int) else tuple(x * m for x in v)
+
+
+def _unstride(layer: nn.Module) -> None:
+    layer.stride = (1, 1) if isinstance(layer, nn.Conv2d) else 1
 
 
 @torch.no_grad()

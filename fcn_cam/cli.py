@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from . import zoo
-from .explain import explain_files, resolve_class
+from .explain import Result, explain_files, prefetch, resolve_class
 from .images import find_images
 from .modelfile import ModelFileError, load, read, save
 from .outputs import OutputDir
@@ -120,21 +120,25 @@ def explain(
         fcn, paths, scale=scale or [2.0], target=class_, top_k=top_k,
         box_fraction=box_fraction, batch_size=batch_size,
     )
-    for i, r in enumerate(results, 1):
-        if progress:
-            typer.echo(f"\r[{i}/{len(paths)}] {r.path.name[:40]:<40}", err=True, nl=False)
-        if r.error is None and out is not None:
+
+    def finish(r: Result) -> Result:
+        """Render and write one result (in a writer thread, overlapping the next forward)."""
+        if r.error is None:
             try:
-                record = out.write(r.explanation, r.image)
+                r.record = out.write(r.explanation, r.image) if out else r.explanation.record()
             except (OSError, FileExistsError) as e:
                 r.error = str(e)
-        elif r.error is None:
-            record = r.explanation.record()
+        r.image = r.explanation = None  # keep memory bounded on big folders
+        return r
+
+    for i, r in enumerate(prefetch(finish, results, workers=1, depth=4), 1):
+        if progress:
+            typer.echo(f"\r[{i}/{len(paths)}] {r.path.name[:40]:<40}", err=True, nl=False)
         if r.error is not None:
             failed += 1
             typer.echo(("\n" if progress else "") + f"error: {r.error}", err=True)
-            continue
-        typer.echo(json.dumps(record))
+        else:
+            typer.echo(json.dumps(r.record))
     if progress:
         typer.echo("", err=True)
     if failed:

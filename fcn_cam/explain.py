@@ -210,6 +210,7 @@ class Result:
     explanation: Explanation | None = None
     image: Image.Image | None = None
     error: str | None = None
+    record: dict | None = None  # the JSON line, once written
 
 
 def prefetch(fn, items: Iterable, workers: int, depth: int | None = None) -> Iterator:

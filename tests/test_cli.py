@@ -187,3 +187,21 @@ def test_bad_options_fail_before_work(small_model_file, photos, tmp_path):
     assert not (tmp_path / "o").exists()
     r = run("explain", "-m", small_model_file, tmp_path / "missing.jpg")
     assert r.exit_code == 1 and "missing.jpg: no such file" in r.output
+
+
+def test_demo_command(tmp_path):
+    out = tmp_path / "demo"
+    r = run("demo", "-o", out, "--n", "3")
+    assert r.exit_code == 0, r.output
+    assert "comparison" in r.output
+    names = outputs(out)
+    assert {"comparison.png", "explanations.jsonl", "scene_00.png", "scene_00_cam.png",
+            "scene_02_cam.npy"} <= names
+    recs = [json.loads(x) for x in (out / "explanations.jsonl").read_text().splitlines()]
+    assert len(recs) == 3 and all((r["width"], r["height"]) == (112, 112) for r in recs)
+    fig = Image.open(out / "comparison.png")
+    assert fig.width > fig.height  # four columns, three rows
+    before = (out / "comparison.png").read_bytes()
+    r = run("demo", "-o", out, "--n", "3")
+    assert r.exit_code == 2 and "already exists" in r.output
+    assert (out / "comparison.png").read_bytes() == before and outputs(out) == names

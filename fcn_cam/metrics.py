@@ -151,11 +151,13 @@ def pointing_hit(
     ``hypot(max(x0 - x, 0, x - (x1 - 1)), max(y0 - y, 0, y - (y1 - 1)))``, is at most
     ``tolerance`` (default :func:`pointing_tolerance`). If several pixels share the maximum
     (flat or saturated maps), every one of them must be a hit, so a featureless map cannot
-    score by luck of ``argmax`` order.
+    score by luck of ``argmax`` order. A map without a finite maximum (all NaN) misses.
     """
     m = np.asarray(saliency)
     tol = pointing_tolerance(m.shape) if tolerance is None else float(tolerance)
-    ys, xs = np.nonzero(m == m.max())
+    ys, xs = np.nonzero(m == np.nanmax(m)) if np.isfinite(m).any() else ((), ())
+    if len(xs) == 0:
+        return False
     x0, y0, x1, y1 = (int(v) for v in gt_box[:4])
     dx = np.maximum(np.maximum(x0 - xs, xs - (x1 - 1)), 0)
     dy = np.maximum(np.maximum(y0 - ys, ys - (y1 - 1)), 0)
@@ -208,7 +210,10 @@ def _baseline(image: np.ndarray, baseline: str | float | np.ndarray, sigma: floa
         if baseline == "zero":
             return np.zeros_like(image)
         if baseline == "mean":
-            return np.broadcast_to(image.mean(axis=(0, 1)), image.shape).astype(image.dtype)
+            mean = image.mean(axis=(0, 1))
+            if np.issubdtype(image.dtype, np.integer):
+                mean = np.rint(mean)
+            return np.broadcast_to(mean, image.shape).astype(image.dtype)
         if baseline == "blur":
             # RISE blurs with sigma 5 at 224 px; scale like the image
             s = 5.0 * min(image.shape[:2]) / 224.0 if sigma is None else sigma
@@ -247,7 +252,8 @@ def perturbation_curve(
         score_fn: maps an ``[N, H, W, C]`` batch to ``N`` scores (e.g. the class probability).
         mode: ``"deletion"`` or ``"insertion"``.
         steps: number of perturbation steps.
-        baseline: ``"zero"``, ``"mean"`` (per-channel image mean), ``"blur"``, a scalar or an
+        baseline: ``"zero"`` (zeros in the image's own value range: black for uint8 or
+            [0, 1] images), ``"mean"`` (per-channel image mean), ``"blur"``, a scalar or an
             array broadcastable to the image.
         batch_size: images per ``score_fn`` call.
         blur_sigma: overrides the ``"blur"`` sigma in pixels.

@@ -116,6 +116,10 @@ def test_pointing_ties_must_all_hit():
     assert M.pointing_hit(m, box)
     assert not M.pointing_hit(np.ones((100, 100)), box)
     assert M.pointing_hit(np.ones((100, 100)), (0, 0, 100, 100))
+    assert not M.pointing_hit(np.full((100, 100), np.nan), (0, 0, 100, 100))
+    m = np.zeros((100, 100))
+    m[15, 15], m[80, 80] = 1.0, np.nan  # NaNs are ignored, the finite maximum counts
+    assert M.pointing_hit(m, box)
 
 
 def test_class_mean_accuracy_weights_classes_equally():
@@ -217,8 +221,19 @@ def test_curve_shape_batching_and_dtype(image):
         lambda b: (seen_batches.append(b.copy()), np.zeros(len(b)))[1],
         steps=100,
     )
-    first = seen_batches[0][1]
-    assert np.all(first[0, 0] == 0) and np.all(first.reshape(100, 3)[1:] == img8.reshape(100, 3)[1:])
+    first = seen_batches[0][1].reshape(100, 3)
+    assert np.all(first[0] == 0) and np.all(first[1:] == img8.reshape(100, 3)[1:])
+
+
+def test_mean_baseline_uint8_rounds():
+    img = np.zeros((2, 2, 3), dtype=np.uint8)
+    img[0, 0] = 3  # channel means 0.75 -> 1
+    batches = []
+    M.perturbation_curve(
+        img, np.ones((2, 2)), lambda b: (batches.append(b.copy()), np.zeros(len(b)))[1],
+        steps=4, baseline="mean",
+    )  # fmt: skip
+    assert np.all(batches[0][-1] == 1)
 
 
 def test_blur_baseline_and_errors(image):

@@ -222,6 +222,7 @@ def _draw_scene(
     bitmaps: np.ndarray,
     sources: tuple[np.ndarray, ...],
     distractors: tuple[int, int],
+    spread: float,
 ) -> tuple[int, int, int, int]:
     """Paint distractors, then the digit, on ``canvas`` in place; fill ``mask``; return the box."""
     size = canvas.shape[0]
@@ -244,8 +245,10 @@ def _draw_scene(
     w = int(np.clip(round(w), 2, size))
     up = _resize_matrix(h, bmp.shape[0]) @ bmp @ _resize_matrix(w, bmp.shape[1]).T
     alpha = np.clip((up - _ALPHA_LO) / (_ALPHA_HI - _ALPHA_LO), 0, 1)
-    y0 = int(rng.integers(0, size - h + 1))
-    x0 = int(rng.integers(0, size - w + 1))
+    # top-left corner within the central ``spread`` share of the free range
+    lo_y, lo_x = int((size - h) * (1 - spread) / 2), int((size - w) * (1 - spread) / 2)
+    y0 = int(rng.integers(lo_y, size - h - lo_y + 1))
+    x0 = int(rng.integers(lo_x, size - w - lo_x + 1))
     bg = float(_luma(canvas[y0 : y0 + h, x0 : x0 + w].reshape(-1, 3).mean(axis=0)))
     # contrast: at least 0.35 luma away from the local background, on the roomier side
     target = rng.uniform(0, bg - 0.35) if bg > 0.5 else rng.uniform(bg + 0.35, 1.0)
@@ -262,17 +265,18 @@ def scenes(
     seed: int = 0,
     *,
     size: int = SCENE_SIZE,
-    object_size: tuple[int, int] = (20, 60),
+    object_size: tuple[int, int] = (22, 72),
     distractors: tuple[int, int] = (2, 5),
     split: Literal["all", "train", "test"] = "all",
     noise: float = 0.02,
+    spread: float = 1.0,
 ) -> Scenes:
     """Generate ``n`` localization scenes, deterministically from ``seed``.
 
     Args:
         n: number of scenes.
         seed: random seed; the same seed (and arguments) gives the same scenes.
-        size: side ``S`` of the square images (the twins expect ``SCENE_SIZE``).
+        size: side ``S`` of the square images, 16 to 300 (the twins expect ``SCENE_SIZE``).
         object_size: range of the digit's height in pixels, sampled log-uniformly (so each
             scale octave is equally common); the width follows the digit's own aspect ratio,
             jittered by +-15 %.
@@ -280,6 +284,8 @@ def scenes(
         split: which ``load_digits`` bitmaps to draw from: ``"train"`` (the first
             ``TEST_DIGITS_FROM``), ``"test"`` (the rest, other writers) or ``"all"``.
         noise: standard deviation of the Gaussian pixel noise, in [0, 1] intensity units.
+        spread: share of the free range the digit's position is drawn from, centred on the
+            image centre: 1 = anywhere it fits, 0 = always centred (for curricula).
 
     Returns:
         A ``Scenes`` with uint8 images, int64 labels, tight int64 boxes and bool masks.
@@ -289,9 +295,18 @@ def scenes(
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if not 16 <= size <= 300:  # the smallest background photos are 300 px
+        raise ValueError(f"size must be in [16, 300], got {size}")
     lo_size, hi_size = object_size
     if not 2 <= lo_size <= hi_size <= size:
         raise ValueError(f"object_size must satisfy 2 <= lo <= hi <= {size}, got {object_size}")
+    lo_n, hi_n = distractors
+    if not 0 <= lo_n <= hi_n:
+        raise ValueError(f"distractors must satisfy 0 <= lo <= hi, got {distractors}")
+    if not 0.0 <= spread <= 1.0:
+        raise ValueError(f"spread must be in [0, 1], got {spread}")
+    if split not in ("all", "train", "test"):
+        raise ValueError(f"split must be 'all', 'train' or 'test', got {split!r}")
     bitmaps, targets = _digits()
     sources = _sources()
     pool = {
@@ -326,7 +341,7 @@ def scenes(
         for j, i in enumerate(range(c0, c1)):
             boxes[i] = _draw_scene(
                 canvas[j], masks[i], rng, labels[i], int(heights[i]), by_class, bitmaps,
-                sources, distractors,
+                sources, distractors, spread,
             )  # fmt: skip
         if noise > 0:
             # crops of a fixed noise bank: ~10x cheaper than fresh normals per pixel

@@ -41,17 +41,21 @@ FEATURE_CHANNELS = BLOCKS[-1][-1]
 FEATURE_SIZE = INPUT_SIZE // 2 ** len(BLOCKS)
 #: Width of the FC twin's two hidden Linear layers.
 HIDDEN = 256
+#: The FC twin's dropout probability in training (VGG uses 0.5; with 0.5 the twin learned ~3x
+#: slower on the CPU budget, see benchmarks/results/twins.md). No effect in eval mode.
+DROPOUT = 0.2
 #: Per-channel mean and std of training scenes scaled to [0, 1] (``scenes(4096, seed=1,
 #: split="train")``, recomputed by ``benchmarks/train_twins.py --stats``); the twins take
 #: ``(img / 255 - MEAN) / STD``.
-MEAN: tuple[float, float, float] = (0.4552, 0.3886, 0.3664)
-STD: tuple[float, float, float] = (0.2595, 0.2324, 0.2348)
+MEAN: tuple[float, float, float] = (0.459, 0.3935, 0.3714)
+STD: tuple[float, float, float] = (0.2616, 0.2364, 0.2389)
 #: The shipped weights: ``{"fc": state_dict, "gap": state_dict, "meta": {...}}``.
 WEIGHTS_PATH = Path(__file__).with_name("twins.pt")
 
 __all__ = [
     "BLOCKS",
     "CLASS_NAMES",
+    "DROPOUT",
     "FEATURE_CHANNELS",
     "FEATURE_SIZE",
     "HIDDEN",
@@ -86,7 +90,7 @@ def build_features(blocks: tuple[tuple[int, ...], ...] = BLOCKS) -> nn.Sequentia
     return nn.Sequential(*layers)
 
 
-def build_fc_twin(num_classes: int = len(CLASS_NAMES), dropout: float = 0.5) -> nn.Sequential:
+def build_fc_twin(num_classes: int = len(CLASS_NAMES), dropout: float = DROPOUT) -> nn.Sequential:
     """VGG16-shaped net: features -> flatten -> (Linear, ReLU, Dropout) x 2 -> Linear(K).
 
     The first Linear reads the flattened ``FEATURE_CHANNELS x FEATURE_SIZE x FEATURE_SIZE``

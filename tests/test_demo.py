@@ -1,0 +1,187 @@
+"""The demo scenes and the shipped twin classifiers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fcn_cam import demo
+
+# The shipped twins score 87.8 % (FC) and 93.3 % (GAP) on 2,000 held-out-writer scenes
+# (benchmarks/results/twins.md); chance is 10 %.
+MIN_ACCURACY = 0.8
+
+
+@pytest.fixture(scope="module")
+def many() -> demo.Scenes:
+    return demo.scenes(1000, seed=7)
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[nn.Sequential, nn.Sequential]:
+    return demo.twins()
+
+
+# --- scenes ----------------------------------------------------------------------------------
+
+
+def test_import_does_not_load_skimage_or_sklearn():
+    code = (
+        "import sys, fcn_cam.demo\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('skimage', 'sklearn')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_scenes_deterministic_per_seed():
+    a, b, c = demo.scenes(12, seed=3), demo.scenes(12, seed=3), demo.scenes(12, seed=4)
+    for field in ("images", "labels", "boxes", "masks"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    assert not np.array_equal(a.images, c.images)
+    assert not np.array_equal(a.boxes, c.boxes)
+
+
+def test_scene_shapes_and_dtypes(many):
+    s = demo.SCENE_SIZE
+    assert s == demo.INPUT_SIZE
+    assert len(many) == 1000
+    assert many.images.shape == (1000, s, s, 3) and many.images.dtype == np.uint8
+    assert many.labels.shape == (1000,) and many.labels.dtype == np.int64
+    assert many.boxes.shape == (1000, 4) and np.issubdtype(many.boxes.dtype, np.integer)
+    assert many.masks.shape == (1000, s, s) and many.masks.dtype == bool
+    assert many.class_names == demo.CLASS_NAMES and len(many.class_names) >= 10
+
+
+def test_boxes_inside_nonempty_and_tight(many):
+    s = demo.SCENE_SIZE
+    x0, y0, x1, y1 = many.boxes.T
+    assert np.all((x0 >= 0) & (y0 >= 0) & (x1 <= s) & (y1 <= s))
+    assert np.all((x1 > x0) & (y1 > y0))
+    # the box is exactly the tight box of the object's drawn pixels
+    for mask, box in zip(many.masks[:200], many.boxes[:200], strict=True):
+        ys, xs = np.nonzero(mask)
+        assert tuple(box) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_all_classes_sizes_and_positions_vary(many):
+    counts = np.bincount(many.labels, minlength=len(demo.CLASS_NAMES))
+    assert np.all(counts > 50)
+    heights = many.boxes[:, 3] - many.boxes[:, 1]
+    assert heights.max() / heights.min() >= 3
+    centres = (many.boxes[:, :2] + many.boxes[:, 2:]) / 2
+    assert np.all(centres.max(0) - centres.min(0) > demo.SCENE_SIZE / 2)
+
+
+def test_backgrounds_are_cluttered(many):
+    # the background alone (object masked out) varies within and across images
+    img = many.images[:100].astype(np.float64)
+    bg = ~many.masks[:100]
+    within = [img[i][bg[i]].std() for i in range(100)]
+    assert np.median(within) > 15
+    assert np.std([img[i][bg[i]].mean() for i in range(100)]) > 15
+
+
+def test_object_contrasts_with_its_surroundings(many):
+    # the digit is drawn in a colour far from the background under it
+    img = many.images[:100].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    diffs = []
+    for i in range(100):
+        x0, y0, x1, y1 = many.boxes[i]
+        inside = img[i, y0:y1, x0:x1][many.masks[i, y0:y1, x0:x1]]
+        ring = img[i, y0:y1, x0:x1][~many.masks[i, y0:y1, x0:x1]]
+        if ring.size:
+            diffs.append(abs(inside.mean() - np.median(ring)))
+    assert np.median(diffs) > 40
+
+
+def test_split_and_argument_checks():
+    a = demo.scenes(20, seed=1, split="train")
+    b = demo.scenes(20, seed=1, split="test")
+    assert not np.array_equal(a.images, b.images)
+    with pytest.raises(ValueError):
+        demo.scenes(5, split="validation")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        demo.scenes(5, object_size=(10, 500))
+    assert len(demo.scenes(0)) == 0
+
+
+# --- twins -----------------------------------------------------------------------------------
+
+ALLOWED = (
+    nn.Sequential,
+    nn.Conv2d,
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.MaxPool2d,
+    nn.Linear,
+    nn.Dropout,
+    nn.Flatten,
+    nn.AdaptiveAvgPool2d,
+)
+
+
+def test_twin_structure(models):
+    fc, gap = models
+    assert list(dict(fc.named_children())) == ["features", "flatten", "classifier"]
+    assert [type(m) for m in fc.classifier] == [
+        nn.Linear, nn.ReLU, nn.Dropout, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear,
+    ]  # fmt: skip
+    assert list(dict(gap.named_children())) == ["features", "pool", "flatten", "fc"]
+    assert isinstance(gap.pool, nn.AdaptiveAvgPool2d) and isinstance(gap.fc, nn.Linear)
+    for model in models:
+        assert all(type(m) in ALLOWED for m in model.modules())
+        assert not model.training and not any(m.training for m in model.modules())
+    # same trunk architecture, different weights
+    assert [type(m) for m in fc.features] == [type(m) for m in gap.features]
+    assert not torch.equal(fc.features[0].weight, gap.features[0].weight)
+    x = torch.zeros(1, 3, demo.INPUT_SIZE, demo.INPUT_SIZE)
+    feat = fc.features(x)
+    assert feat.shape[1:] == (demo.FEATURE_CHANNELS, demo.FEATURE_SIZE, demo.FEATURE_SIZE)
+    assert demo.FEATURE_SIZE >= 5
+
+
+def test_weights_file_is_plain(models):
+    ckpt = torch.load(demo.WEIGHTS_PATH, map_location="cpu", weights_only=True)
+    assert set(ckpt) == {"fc", "gap", "meta"}
+    meta = ckpt["meta"]
+    assert meta["input_size"] == demo.INPUT_SIZE
+    assert meta["class_names"] == demo.CLASS_NAMES
+    np.testing.assert_allclose(meta["mean"], demo.MEAN)
+    np.testing.assert_allclose(meta["std"], demo.STD)
+    assert all(v.dtype == torch.float32 for v in ckpt["fc"].values() if v.is_floating_point())
+    assert demo.WEIGHTS_PATH.stat().st_size <= 20 * 2**20
+    assert demo.load_meta()["accuracy"].keys() == {"fc", "gap"}
+
+
+def test_normalization_matches_training_statistics(many):
+    x = many.images.reshape(-1, 3) / 255.0
+    np.testing.assert_allclose(x.mean(0), demo.MEAN, atol=0.03)
+    np.testing.assert_allclose(x.std(0), demo.STD, atol=0.03)
+
+
+def test_preprocess():
+    img = np.full((4, 4, 3), 255, dtype=np.uint8)
+    x = demo.preprocess(img)
+    assert x.shape == (1, 3, 4, 4) and x.dtype == torch.float32
+    expected = (1 - torch.tensor(demo.MEAN)) / torch.tensor(demo.STD)
+    torch.testing.assert_close(x[0, :, 0, 0], expected)
+
+
+def test_twins_classify_unseen_scenes(models):
+    s = demo.scenes(200, seed=424242, split="test")
+    x = demo.preprocess(s.images)
+    with torch.no_grad():
+        outs = [m(x) for m in models]
+        torch.manual_seed(0)
+        untrained = demo.build_gap_twin().eval()(x)
+    for out in outs:
+        assert out.shape == (200, len(demo.CLASS_NAMES))
+        assert (out.argmax(1).numpy() == s.labels).mean() > MIN_ACCURACY
+    # the bound is not met by chance
+    assert (untrained.argmax(1).numpy() == s.labels).mean() < MIN_ACCURACY / 2

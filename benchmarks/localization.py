@@ -27,7 +27,7 @@ from fcn_cam import metrics
 from fcn_cam.demo import scenes
 from fcn_cam.demo.showcase import comparison_figure, converted_twins
 from fcn_cam.demo.twins import INPUT_SIZE, preprocess, twins
-from fcn_cam.explain import score_maps, sides
+from fcn_cam.explain import rank_statistic, score_maps, sides
 from fcn_cam.geometry import align, stretch
 from fcn_cam.images import to_input
 
@@ -47,7 +47,8 @@ def fcn_maps(fcn: fcn_cam.FCN, images: np.ndarray, targets: np.ndarray, scale: f
         xs = torch.stack([to_input(Image.fromarray(im), side, fcn.info["mean"], fcn.info["std"])
                           for im in images[b0:b0 + batch]])
         maps = score_maps(fcn, xs)
-        preds.append(maps.mean((-2, -1)).argmax(1).numpy())
+        reduce = torch.mean if rank_statistic(fcn, "auto") == "mean" else torch.amax
+        preds.append(reduce(maps, dim=(-2, -1)).argmax(1).numpy())
         for j, m in enumerate(maps):
             t = int(targets[b0 + j])
             aligned.append(align(m[t], fcn.geometry, tuple(xs.shape[-2:]), (h, w)).numpy())
@@ -156,7 +157,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small smoke run")
     ap.add_argument("--n-test", type=int, default=1000)
     ap.add_argument("--n-val", type=int, default=300)
-    ap.add_argument("--n-rise", type=int, default=200, help="test images scored by deletion/insertion")
+    ap.add_argument("--n-rise", type=int, default=100, help="test images scored by deletion/insertion")
     ap.add_argument("--steps", type=int, default=16, help="deletion/insertion steps")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()

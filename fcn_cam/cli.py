@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from . import zoo
-from .explain import Result, explain_files, prefetch, resolve_class
+from .explain import Result, explain_files, prefetch, rank_statistic, resolve_class
 from .images import find_images
 from .modelfile import ModelFileError, load, read, save
 from .outputs import OutputDir
@@ -83,6 +83,9 @@ def explain(
     class_: Annotated[str | None, typer.Option(
         "--class", help="Target class index or name (default: the best class).")] = None,
     top_k: Annotated[int, typer.Option(help="Explain the K best classes.", min=1)] = 1,
+    rank: Annotated[str, typer.Option(
+        help="Rank classes by the spatial 'mean' or 'max' of their maps; 'auto': mean for GAP "
+        "heads (= the logits), max (the strongest window) for FC heads.")] = "auto",
     output_dir: Annotated[Path | None, typer.Option(
         "-o", "--output-dir", help="Write overlays, raw maps and explanations.jsonl here.")] = None,
     colormap: Annotated[str, typer.Option(help="Matplotlib colormap for overlays.")] = "jet",
@@ -106,6 +109,7 @@ def explain(
     try:
         check_colormap(colormap)
         fcn = prepare(open_model(model, weights, output_stride), precision, channels_last)
+        rank_statistic(fcn, rank)
         if class_ is not None:
             resolve_class(fcn, class_)
         out = OutputDir(output_dir, overwrite=overwrite, colormap=colormap, alpha=alpha) if output_dir else None
@@ -118,7 +122,7 @@ def explain(
     failed = 0
     results = explain_files(
         fcn, paths, scale=scale or [2.0], target=class_, top_k=top_k,
-        box_fraction=box_fraction, batch_size=batch_size,
+        box_fraction=box_fraction, batch_size=batch_size, rank=rank,
     )
 
     def finish(r: Result) -> Result:

@@ -17,13 +17,17 @@ def fcn():
 
 
 def test_ranking_is_spatial_mean_and_target_by_name(fcn, photos):
-    exp = fcn_cam.explain(fcn, photos["coffee"], scale=2, top_k=2)
+    exp = fcn_cam.explain(fcn, photos["coffee"], scale=2, top_k=2, rank="mean")
     x = fcn_cam.images.to_input(fcn_cam.images.load_image(photos["coffee"]), 2 * NATIVE, fcn.info["mean"],
                                 fcn.info["std"])
     with torch.no_grad():
-        means = fcn(x[None])[0].mean((-2, -1))
+        maps = fcn(x[None])[0]
+        means = maps.mean((-2, -1))
     assert [i for i, _, _ in exp.ranking] == means.argsort(descending=True).tolist()
     assert [t.index for t in exp.targets] == [i for i, _, _ in exp.ranking[:2]]
+    auto = fcn_cam.explain(fcn, photos["coffee"], scale=2, top_k=5)  # FC head: strongest window
+    assert [i for i, _, _ in auto.ranking] == maps.amax((-2, -1)).argsort(descending=True).tolist()
+    assert auto.targets[0].score == pytest.approx(maps.amax((-2, -1)).max().item(), rel=1e-5)
     assert fcn_cam.explain(fcn, photos["coffee"], target="DOG").targets[0].index == 1
     with pytest.raises(ValueError, match="did you mean .*'car'"):
         fcn_cam.explain(fcn, photos["coffee"], target="cart")

@@ -56,7 +56,8 @@ def test_custom_layer_cannot_be_saved(tmp_path):
         def forward(self, x):
             return x * torch.sigmoid(x)
 
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), Swish(), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2))
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), Swish(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
     fcn = fcn_cam.convert(model.eval(), 8)
     with pytest.raises(fcn_cam.ModelFileError, match="Swish is not a standard torch.nn layer"):
         fcn_cam.save(fcn, tmp_path / "s.pt")

@@ -27,7 +27,7 @@ from fcn_cam import metrics
 from fcn_cam.demo import scenes
 from fcn_cam.demo.showcase import comparison_figure, converted_twins
 from fcn_cam.demo.twins import INPUT_SIZE, preprocess, twins
-from fcn_cam.explain import rank_statistic, score_maps, sides
+from fcn_cam.explain import class_scores, resolve_rank, score_maps, sides
 from fcn_cam.geometry import align, stretch
 from fcn_cam.images import to_input
 
@@ -47,8 +47,7 @@ def fcn_maps(fcn: fcn_cam.FCN, images: np.ndarray, targets: np.ndarray, scale: f
         xs = torch.stack([to_input(Image.fromarray(im), side, fcn.info["mean"], fcn.info["std"])
                           for im in images[b0:b0 + batch]])
         maps = score_maps(fcn, xs)
-        reduce = torch.mean if rank_statistic(fcn, "auto") == "mean" else torch.amax
-        preds.append(reduce(maps, dim=(-2, -1)).argmax(1).numpy())
+        preds.append(class_scores(maps, resolve_rank(fcn, "auto")).argmax(1).numpy())
         for j, m in enumerate(maps):
             t = int(targets[b0 + j])
             aligned.append(align(m[t], fcn.geometry, tuple(xs.shape[-2:]), (h, w)).numpy())

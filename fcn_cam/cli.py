@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from . import zoo
-from .explain import Result, explain_files, prefetch, rank_statistic, resolve_class
+from .explain import Result, explain_files, prefetch, resolve_class, resolve_rank
 from .images import find_images
 from .modelfile import ModelFileError, load, read, save
 from .outputs import OutputDir
@@ -109,7 +109,7 @@ def explain(
     try:
         check_colormap(colormap)
         fcn = prepare(open_model(model, weights, output_stride), precision, channels_last)
-        rank_statistic(fcn, rank)
+        resolve_rank(fcn, rank)
         if class_ is not None:
             resolve_class(fcn, class_)
         out = OutputDir(output_dir, overwrite=overwrite, colormap=colormap, alpha=alpha) if output_dir else None

@@ -105,13 +105,18 @@ def resolve_class(fcn: FCN, target: int | str) -> int:
 RANKS = ("auto", "mean", "max")
 
 
-def rank_statistic(fcn: FCN, rank: str):
+def resolve_rank(fcn: FCN, rank: str) -> str:
     """The statistic ``rank`` stands for on this model: ``mean`` or ``max``."""
     if rank not in RANKS:
         raise ValueError(f"rank must be one of {', '.join(RANKS)}, got {rank!r}")
     if rank == "auto":
         rank = "mean" if fcn.info.get("head") == "gap" else "max"
     return rank
+
+
+def class_scores(maps: torch.Tensor, rank: str) -> torch.Tensor:
+    """``[..., K, h, w]`` maps → ``[..., K]`` scores: spatial ``mean`` or ``max``."""
+    return maps.mean(dim=(-2, -1)) if rank == "mean" else maps.amax(dim=(-2, -1))
 
 
 def _scales(scale: Scales) -> list[float]:
@@ -153,9 +158,8 @@ def summarize(
         target: class index or name; default the ``top_k`` best classes.
     """
     width, height = image_size
-    rank = rank_statistic(fcn, rank)
-    reduce = torch.mean if rank == "mean" else torch.amax
-    scores = torch.stack([reduce(m, dim=(-2, -1)) for m in maps]).mean(0)
+    rank = resolve_rank(fcn, rank)
+    scores = torch.stack([class_scores(m, rank) for m in maps]).mean(0)
     n = min(max(ranking_size, top_k), len(scores))
     best = scores.topk(n).indices.tolist()
     names = fcn.class_names
@@ -268,7 +272,7 @@ def explain_files(
     """
     scales = _scales(scale)
     side_list = sides(fcn, scales)
-    rank_statistic(fcn, rank)  # fail once, before any work
+    resolve_rank(fcn, rank)  # fail once, before any work
     if target is not None:
         resolve_class(fcn, target)
 

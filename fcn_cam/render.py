@@ -23,7 +23,9 @@ def colorize(heatmap: np.ndarray, colormap: str = "jet") -> np.ndarray:
     """
     check_colormap(colormap)
     lut = (matplotlib.colormaps[colormap](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
-    return lut[(normalize(heatmap) * 255).round().astype(np.uint8)]
+    idx = normalize(heatmap, dtype=np.float32)
+    idx *= 255
+    return lut[np.rint(idx, out=idx).astype(np.uint8)]
 
 
 def overlay(image: Image.Image, heatmap: np.ndarray, colormap: str = "jet",

@@ -83,6 +83,9 @@ def explain(
     class_: Annotated[str | None, typer.Option(
         "--class", help="Target class index or name (default: the best class).")] = None,
     top_k: Annotated[int, typer.Option(help="Explain the K best classes.", min=1)] = 1,
+    pad: Annotated[bool, typer.Option(
+        help="Pad the input with the mean colour so cell centres cover the whole image "
+        "(costs more compute; without it the outer band repeats its neighbour's value).")] = True,
     rank: Annotated[str, typer.Option(
         help="Rank classes by the spatial 'mean' or 'max' of their maps; 'auto': mean for GAP "
         "heads (= the logits), max (the strongest window) for FC heads.")] = "auto",
@@ -122,7 +125,7 @@ def explain(
     failed = 0
     results = explain_files(
         fcn, paths, scale=scale or [2.0], target=class_, top_k=top_k,
-        box_fraction=box_fraction, batch_size=batch_size, rank=rank,
+        box_fraction=box_fraction, batch_size=batch_size, rank=rank, pad=pad,
     )
 
     def finish(r: Result) -> Result:

@@ -20,12 +20,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .geometry import align, cell_centre
+from .geometry import align, cell_centre, cover_padding
 from .images import ImageError, load_image, to_input
 from .metrics import threshold_box
 from .runtime import input_like
@@ -53,10 +54,11 @@ class Explanation:
     width: int
     height: int
     scales: list[float]
-    input_shapes: list[tuple[int, int]]
+    input_shapes: list[tuple[int, int]]  # the resized image per scale, before padding
     map_shapes: list[tuple[int, int]]
     ranking: list[tuple[int, str | None, float]]  # best classes, best first
     rank: str = "mean"  # the spatial statistic the scores are
+    pads: list[tuple[int, int]] = field(default_factory=list)  # (top, left) padding per scale
     targets: list[Target] = field(default_factory=list)
 
     def record(self) -> dict:
@@ -73,6 +75,7 @@ class Explanation:
             "class_name": t.name,
             "score": t.score,
             "rank": self.rank,
+            "pad": [list(p) for p in self.pads] if not single else list(self.pads[0]),
             "top_k": [{"index": i, "name": n, "score": s} for i, n, s in self.ranking],
             "peak": [round(t.peak[0], 2), round(t.peak[1], 2)],
             "box": list(t.box),
@@ -131,6 +134,23 @@ def sides(fcn: FCN, scales: Sequence[float]) -> list[int]:
     return [round(s * min(fcn.input_size)) for s in scales]
 
 
+class NetInput(NamedTuple):
+    x: torch.Tensor  # [3, H', W'] normalized, padded
+    shape: tuple[int, int]  # (H, W) of the resized image inside it
+    pad: tuple[int, int]  # (top, left) padding
+
+
+def network_input(fcn: FCN, image: Image.Image, side: int, pad: bool) -> NetInput:
+    """The normalized image with its shorter side resized to ``side``; with ``pad``, padded
+    with zeros (the mean colour) so that cell centres cover the whole image."""
+    x = to_input(image, side, fcn.info["mean"], fcn.info["std"])
+    shape = (x.shape[-2], x.shape[-1])
+    if not pad:
+        return NetInput(x, shape, (0, 0))
+    top, bottom, left, right = cover_padding(fcn, *shape)
+    return NetInput(torch.nn.functional.pad(x, (left, right, top, bottom)), shape, (top, left))
+
+
 @torch.inference_mode()
 def score_maps(fcn: FCN, batch: torch.Tensor) -> torch.Tensor:
     """``[B, K, h, w]`` float32 score maps on the model's device."""
@@ -144,6 +164,7 @@ def summarize(
     image_size: tuple[int, int],
     *,
     scales: Sequence[float],
+    pads: Sequence[tuple[int, int]] | None = None,
     image: str | None = None,
     target: int | str | None = None,
     top_k: int = 1,
@@ -154,7 +175,9 @@ def summarize(
     """Turn one image's score maps (``[K, h, w]`` per scale) into an :class:`Explanation`.
 
     Args:
+        input_shapes: the resized image's (H, W) per scale, before padding.
         image_size: (width, height) of the original image.
+        pads: (top, left) padding of the network input per scale.
         target: class index or name; default the ``top_k`` best classes.
     """
     width, height = image_size
@@ -166,24 +189,27 @@ def summarize(
     label = (lambda i: names[i]) if names else (lambda i: None)
     ranking = [(i, label(i), float(scores[i])) for i in best]
     chosen = [resolve_class(fcn, target)] if target is not None else best[:top_k]
-    geom = fcn.geometry
+    pads = [tuple(p) for p in pads] if pads is not None else [(0, 0)] * len(maps)
+    geoms = [fcn.geometry.shifted(*p) for p in pads]
     exp = Explanation(
         image, width, height, list(scales), [tuple(s) for s in input_shapes],
-        [tuple(m.shape[-2:]) for m in maps], ranking, rank,
+        [tuple(m.shape[-2:]) for m in maps], ranking, rank, pads,
     )
     for c in chosen:
-        aligned = [align(m[c], geom, s, (height, width)) for m, s in zip(maps, input_shapes)]
+        aligned = [align(m[c], g, s, (height, width)) for m, g, s in zip(maps, geoms, input_shapes)]
         heat = torch.stack(aligned).mean(0).cpu().numpy()
         if len(maps) == 1:  # the centre of the best cell, exactly
             m = maps[0][c]
             r, q = divmod(int(m.argmax()), m.shape[-1])
-            peak = cell_centre(geom, (r, q), input_shapes[0], (height, width))
+            peak = cell_centre(geoms[0], (r, q), input_shapes[0], (height, width))
         else:
             r, q = divmod(int(np.argmax(heat)), width)
             peak = (float(q), float(r))
+        # with padding the outermost centres may lie just outside the image
+        peak = (min(max(float(peak[0]), 0.0), width - 1.0), min(max(float(peak[1]), 0.0), height - 1.0))
         exp.targets.append(Target(
             c, label(c), float(scores[c]), heat, [m[c].cpu().numpy() for m in maps],
-            (float(peak[0]), float(peak[1])), threshold_box(heat, box_fraction),
+            peak, threshold_box(heat, box_fraction),
         ))
     return exp
 
@@ -205,6 +231,7 @@ def explain(
     top_k: int = 1,
     box_fraction: float = 0.2,
     rank: str = "auto",
+    pad: bool = True,
 ) -> Explanation:
     """Explain one image: all class maps from one forward pass per scale.
 
@@ -216,13 +243,18 @@ def explain(
         target: a class index or name (default: the ``top_k`` best classes).
         box_fraction: the box covers the largest region above this fraction of the
             heatmap's range (CAM paper: 0.2).
+        rank: how classes are ranked (``auto``, ``mean``, ``max``; module docstring).
+        pad: pad the network input with the mean colour so cell centres cover the whole
+            image (:func:`fcn_cam.geometry.cover_padding`); otherwise the outer band
+            (VGG16: 111.5 input px) has no cell of its own and shows its neighbour's value.
     """
     img, name = _as_image(image)
     scales = _scales(scale)
-    xs = [to_input(img, side, fcn.info["mean"], fcn.info["std"]) for side in sides(fcn, scales)]
-    maps = [score_maps(fcn, x[None])[0] for x in xs]
+    inputs = [network_input(fcn, img, side, pad) for side in sides(fcn, scales)]
+    maps = [score_maps(fcn, i.x[None])[0] for i in inputs]
     return summarize(
-        fcn, maps, [tuple(x.shape[-2:]) for x in xs], img.size, scales=scales, image=name,
+        fcn, maps, [i.shape for i in inputs], img.size, scales=scales,
+        pads=[i.pad for i in inputs], image=name,
         target=target, top_k=top_k, box_fraction=box_fraction, rank=rank,
     )
 
@@ -263,6 +295,7 @@ def explain_files(
     batch_size: int = 8,
     workers: int = 2,
     rank: str = "auto",
+    pad: bool = True,
 ) -> Iterator[Result]:
     """Explain many files, in order; a file that fails yields a :class:`Result` with the error.
 
@@ -276,19 +309,19 @@ def explain_files(
     if target is not None:
         resolve_class(fcn, target)
 
-    def prepare(path: Path) -> tuple[Path, Image.Image | None, list[torch.Tensor] | None, str | None]:
+    def prepare(path: Path) -> tuple[Path, Image.Image | None, list[NetInput] | None, str | None]:
         try:
             img = load_image(path)
-            return path, img, [to_input(img, s, fcn.info["mean"], fcn.info["std"]) for s in side_list], None
+            return path, img, [network_input(fcn, img, s, pad) for s in side_list], None
         except ImageError as e:
             return path, None, None, str(e)
 
     def flush(group: list) -> Iterator[Result]:
-        per_scale = [score_maps(fcn, torch.stack([g[2][i] for g in group])) for i in range(len(scales))]
-        for j, (path, img, xs, _) in enumerate(group):
+        per_scale = [score_maps(fcn, torch.stack([g[2][i].x for g in group])) for i in range(len(scales))]
+        for j, (path, img, inputs, _) in enumerate(group):
             exp = summarize(
-                fcn, [m[j] for m in per_scale], [tuple(x.shape[-2:]) for x in xs], img.size,
-                scales=scales, image=str(path), target=target, top_k=top_k,
+                fcn, [m[j] for m in per_scale], [i.shape for i in inputs], img.size,
+                scales=scales, pads=[i.pad for i in inputs], image=str(path), target=target, top_k=top_k,
                 box_fraction=box_fraction, rank=rank,
             )
             yield Result(path, exp, img)
@@ -298,7 +331,7 @@ def explain_files(
         if err is not None:
             yield Result(path, error=err)
             continue
-        if group and ([x.shape for x in group[0][2]] != [x.shape for x in xs]
+        if group and ([i.x.shape for i in group[0][2]] != [i.x.shape for i in xs]
                       or len(group) == batch_size):
             yield from flush(group)
             group = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -77,6 +77,11 @@ class Geometry:
             axes.append(Axis(stride, offset, window))
         return cls(*axes)
 
+    def shifted(self, top: float, left: float) -> Geometry:
+        """The same cells seen from an input padded by ``top`` / ``left`` pixels."""
+        return Geometry(replace(self.y, offset=self.y.offset - top),
+                        replace(self.x, offset=self.x.offset - left))
+
     def to_dict(self) -> dict:
         return {"y": asdict(self.y), "x": asdict(self.x)}
 
@@ -97,6 +102,24 @@ def map_size(net: nn.Module, height: int, width: int) -> tuple[int, int]:
         rnd = math.ceil if getattr(layer, "ceil_mode", False) else math.floor
         size = [rnd((size[a] + 2 * p[a] - d[a] * (k[a] - 1) - 1) / s[a]) + 1 for a in (0, 1)]
     return size[0], size[1]
+
+
+def cover_padding(net: nn.Module, height: int, width: int) -> tuple[int, int, int, int]:
+    """Padding ``(top, bottom, left, right)`` after which score-cell centres cover every pixel
+    of a ``height × width`` input: the first centre at or before pixel 0, the last at or after
+    the last pixel. Without it the outer band (VGG16: 111.5 px) has no cell of its own.
+    """
+    g = Geometry.of(net)
+    pads = []
+    for a, (axis, n) in enumerate(((g.y, height), (g.x, width))):
+        before = max(0, math.ceil(axis.offset))
+        for after in range(before, before + int(axis.stride) + 1):
+            size = n + before + after
+            cells = map_size(net, size, size)[a]
+            if cells > 0 and axis.stride * (cells - 1) + axis.offset - before >= n - 1:
+                break
+        pads += [before, after]
+    return pads[0], pads[1], pads[2], pads[3]
 
 
 def _interp_matrix(

@@ -65,10 +65,13 @@ def test_vgg16_main_job(photos, tmp_path):
     r = run("info", model)
     assert r.exit_code == 0 and "vgg16" in r.output and "1000 (tench" in r.output
     out = tmp_path / "out"
-    r = run("explain", "--model", model, "--scale", "2", "-o", out, photos["cat"])
+    r = run("explain", "--model", model, "--scale", "2", "--no-pad", "-o", out, photos["cat"])
     assert r.exit_code == 0, r.output
     rec = json.loads((out / "explanations.jsonl").read_text())
-    assert rec["map_shape"] == [8, 15]  # 448 x 673 input: 448//32 - 6, 673//32 - 6
+    assert rec["map_shape"] == [8, 15] and rec["pad"] == [0, 0]  # 448 x 673: 448//32 - 6, 673//32 - 6
+    r = run("explain", "--model", model, "--scale", "2", photos["cat"])  # padded: cells cover the image
+    padded = json.loads(r.stdout.splitlines()[-1])
+    assert padded["pad"] == [112, 112] and padded["map_shape"][0] > 8
     assert rec["class_name"] == fcn_cam.load(model).class_names[rec["class_index"]]
 
 

@@ -37,10 +37,18 @@ def test_ranking_is_spatial_mean_and_target_by_name(fcn, photos):
 
 def test_array_input_and_heatmap_shape(fcn):
     img = (np.random.default_rng(0).random((90, 130, 3)) * 255).astype(np.uint8)
-    exp = fcn_cam.explain(fcn, img, scale=3)
+    exp = fcn_cam.explain(fcn, img, scale=3, pad=False)
     t = exp.targets[0]
-    assert t.heatmap.shape == (90, 130) and exp.input_shapes == [(192, 277)]
+    assert t.heatmap.shape == (90, 130) and exp.input_shapes == [(192, 277)] and exp.pads == [(0, 0)]
     assert exp.map_shapes == [fcn.map_size(192, 277)] and t.cams[0].shape == exp.map_shapes[0]
+    padded = fcn_cam.explain(fcn, img, scale=3)
+    (top, left), (h, w) = padded.pads[0], padded.map_shapes[0]
+    assert top > 0 and left > 0 and h > 9 and w > 14
+    # every image pixel now lies between two cell centres
+    g = fcn.geometry.shifted(top, left)
+    first = fcn_cam.geometry.cell_centre(g, (0, 0), (192, 277), (90, 130))
+    last = fcn_cam.geometry.cell_centre(g, (h - 1, w - 1), (192, 277), (90, 130))
+    assert first[0] <= 0 and first[1] <= 0 and last[0] >= 129 and last[1] >= 89
 
 
 def test_explain_files_batches_and_reports_failures(fcn, photos, tmp_path):

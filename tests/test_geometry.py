@@ -10,7 +10,7 @@ from conftest import NATIVE, convert_planted
 from PIL import Image
 
 from fcn_cam import convert, explain
-from fcn_cam.geometry import Geometry, align, cell_centre, stretch
+from fcn_cam.geometry import Geometry, align, cell_centre, cover_padding, stretch
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_planted_patch_peak_within_half_stride(size, scale):
     for _ in range(3):
         cx = int(rng.integers(np.ceil(x_lo) + 1, np.floor(x_hi) + 1))
         cy = int(rng.integers(np.ceil(y_lo) + 1, np.floor(y_hi) + 1))
-        exp = explain(fcn, red_patch_image(width, height, cx, cy), scale=scale, target="red")
+        exp = explain(fcn, red_patch_image(width, height, cx, cy), scale=scale, target="red", pad=False)
         # the patch's centre in pixel-centre coordinates (pixels cx-6 .. cx+5)
         px, py = cx - 0.5, cy - 0.5
         stride_img = fcn.geometry.x.stride * min(width, height) / (scale * NATIVE)
@@ -106,10 +106,39 @@ def test_planted_patch_peak_within_half_stride(size, scale):
 def test_naive_stretch_misplaces_the_planted_patch():
     fcn = convert_planted()
     img = red_patch_image(160, 160, 48, 112)
-    exp = explain(fcn, img, scale=3.0, target="red")
+    exp = explain(fcn, img, scale=3.0, target="red", pad=False)
     raw = torch.from_numpy(exp.targets[0].cams[0])
     naive = stretch(raw, (160, 160)).numpy()
     ny, nx = np.unravel_index(naive.argmax(), naive.shape)
     aligned_err = np.hypot(exp.targets[0].peak[0] - 47.5, exp.targets[0].peak[1] - 111.5)
     naive_err = np.hypot(nx - 47.5, ny - 111.5)
     assert aligned_err < naive_err
+
+
+@pytest.mark.parametrize("size", [(160, 160), (240, 150)])
+@pytest.mark.parametrize("scale", [1.5, 3.0])
+def test_planted_patch_near_border_found_with_padding(size, scale):
+    """With padding, cells are centred over the outer band too: a patch in a corner is found
+    within half a stride; without it the peak stays on the innermost centre."""
+    fcn = convert_planted()
+    width, height = size
+    cx, cy = 10, height - 10
+    img = red_patch_image(width, height, cx, cy)
+    stride_img = fcn.geometry.x.stride * min(width, height) / (scale * NATIVE)
+    t = explain(fcn, img, scale=scale, target="red").targets[0]
+    assert abs(t.peak[0] - (cx - 0.5)) <= stride_img / 2 + 0.5
+    assert abs(t.peak[1] - (cy - 0.5)) <= stride_img / 2 + 0.5
+    unpadded = explain(fcn, img, scale=scale, target="red", pad=False).targets[0]
+    assert np.hypot(unpadded.peak[0] - cx, unpadded.peak[1] - cy) > stride_img
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "alexnet", "resnet18"])
+def test_cover_padding_reaches_every_pixel(arch):
+    fcn = convert(torchvision.models.get_model(arch, weights=None).eval())
+    for h, w in ((224, 224), (448, 300), (337, 513)):
+        top, bottom, left, right = cover_padding(fcn, h, w)
+        n = fcn.map_size(h + top + bottom, w + left + right)
+        g = fcn.geometry.shifted(top, left)
+        assert g.y.offset <= 0 and g.x.offset <= 0
+        assert g.y.stride * (n[0] - 1) + g.y.offset >= h - 1
+        assert g.x.stride * (n[1] - 1) + g.x.offset >= w - 1

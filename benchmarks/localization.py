@@ -27,30 +27,30 @@ from fcn_cam import metrics
 from fcn_cam.demo import scenes
 from fcn_cam.demo.showcase import comparison_figure, converted_twins
 from fcn_cam.demo.twins import INPUT_SIZE, preprocess, twins
-from fcn_cam.explain import class_scores, resolve_rank, score_maps, sides
+from fcn_cam.explain import class_scores, network_input, resolve_rank, score_maps, sides
 from fcn_cam.geometry import align, stretch
-from fcn_cam.images import to_input
 
 RESULTS = Path(__file__).resolve().parent / "results"
 Maps = list[np.ndarray]
 
 
-def fcn_maps(fcn: fcn_cam.FCN, images: np.ndarray, targets: np.ndarray, scale: float,
+def fcn_maps(fcn: fcn_cam.FCN, images: np.ndarray, targets: np.ndarray, scale: float, pad: bool = False,
              batch: int = 64) -> tuple[Maps, Maps, np.ndarray]:
-    """Aligned and naively stretched heatmaps of the target classes, and the predictions."""
+    """Aligned and naively stretched heatmaps of the target classes, and the predictions
+    (fcn-cam's default ranking). The stretch ignores the padding, as a naive user would not
+    pad; compare it with the unpadded aligned maps."""
     from PIL import Image
 
     side = sides(fcn, [scale])[0]
     aligned, naive, preds = [], [], []
     h, w = images.shape[1:3]
     for b0 in range(0, len(images), batch):
-        xs = torch.stack([to_input(Image.fromarray(im), side, fcn.info["mean"], fcn.info["std"])
-                          for im in images[b0:b0 + batch]])
-        maps = score_maps(fcn, xs)
+        inputs = [network_input(fcn, Image.fromarray(im), side, pad) for im in images[b0:b0 + batch]]
+        maps = score_maps(fcn, torch.stack([i.x for i in inputs]))
         preds.append(class_scores(maps, resolve_rank(fcn, "auto")).argmax(1).numpy())
         for j, m in enumerate(maps):
-            t = int(targets[b0 + j])
-            aligned.append(align(m[t], fcn.geometry, tuple(xs.shape[-2:]), (h, w)).numpy())
+            t, inp = int(targets[b0 + j]), inputs[j]
+            aligned.append(align(m[t], fcn.geometry.shifted(*inp.pad), inp.shape, (h, w)).numpy())
             naive.append(stretch(m[t], (h, w)).numpy())
     return aligned, naive, np.concatenate(preds)
 
@@ -174,6 +174,10 @@ def main() -> None:
     common = {"val_boxes": val.boxes, "data": test, "n_rise": args.n_rise, "steps": args.steps}
 
     for s in (1.0, 1.5, 2.0, 3.0):
+        va = fcn_maps(fcn, val.images, val.labels, s, pad=True)
+        te = fcn_maps(fcn, test.images, test.labels, s, pad=True)
+        rows.append(evaluate(f"FCN-CAM (FC twin), scale {s:g}, aligned, padded (default)", va[0], te[0],
+                             preds=te[2], scorer=fc, **common))
         va = fcn_maps(fcn, val.images, val.labels, s)
         te = fcn_maps(fcn, test.images, test.labels, s)
         rows.append(evaluate(f"FCN-CAM (FC twin), scale {s:g}, aligned", va[0], te[0], preds=te[2],
@@ -204,12 +208,12 @@ def main() -> None:
     fig_rows = []
     for i in range(6):
         img, t = test.images[i], int(test.labels[i])
-        f_map = fcn_maps(fcn, img[None], np.array([t]), 2.0)[0][0]
+        f_map = fcn_maps(fcn, img[None], np.array([t]), 2.0, pad=True)[0][0]
         g_map = fcn_maps(cam, img[None], np.array([t]), 1.0)[0][0]
         gc = gradcam_maps(fc, img[None], np.array([t]))[0]
         fig_rows.append({"image": img, "truth": test.boxes[i], "maps": [f_map, g_map, gc],
                          "boxes": [metrics.threshold_box(m) for m in (f_map, g_map, gc)],
-                         "labels": ["scale 2, aligned", "native", "native"]})
+                         "labels": ["scale 2, aligned, padded", "native", "native"]})
     args.out.mkdir(parents=True, exist_ok=True)
     comparison_figure(fig_rows, args.out / "localization_examples.png")
 

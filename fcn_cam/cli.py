@@ -100,6 +100,7 @@ def explain(
     pad: Annotated[str, typer.Option(
         help="Pad the input with the mean colour: 'cover' just enough that the map's cells "
         "cover the whole image, 'window', or 'none' (the outer band repeats its neighbour).")] = DEFAULT_PAD,
+    no_pad: Annotated[bool, typer.Option("--no-pad", help="Same as --pad none.")] = False,
     clamp: Annotated[bool, typer.Option(help="Clamp heatmaps at 0 (no negative evidence).")] = DEFAULT_CLAMP,
     rank: Annotated[str, typer.Option(
         help="Rank classes by the spatial 'mean' or 'max' of their maps; 'auto': mean for GAP "
@@ -128,6 +129,7 @@ def explain(
     image's size), `<stem>_cam.npy` (raw score map) and `explanations.jsonl`. A file that
     fails is reported and the rest go on; the exit code is then 1.
     """
+    pad = "none" if no_pad else pad
     try:
         check_colormap(colormap)
         with warnings.catch_warnings(record=True) as caught:

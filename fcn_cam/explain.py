@@ -14,6 +14,7 @@ values at their centres (:func:`fcn_cam.geometry.align`), averaged over scales.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -27,7 +28,7 @@ import torch
 from PIL import Image
 
 from .geometry import align, cell_centre, cover_padding
-from .images import ImageError, load_image, to_input
+from .images import ImageError, ImageLike, as_image, load_image, to_input
 from .metrics import threshold_box
 from .runtime import input_like
 from .surgery import FCN
@@ -124,8 +125,8 @@ def class_scores(maps: torch.Tensor, rank: str) -> torch.Tensor:
 
 def _scales(scale: Scales) -> list[float]:
     scales = [float(scale)] if isinstance(scale, int | float) else [float(s) for s in scale]
-    if not scales or any(s <= 0 for s in scales):
-        raise ValueError(f"scales must be positive, got {scales}")
+    if not scales or not all(math.isfinite(s) and s > 0 for s in scales):
+        raise ValueError(f"scales must be finite and positive, got {', '.join(f'{s:g}' for s in scales) or 'none'}")
     return scales
 
 
@@ -214,17 +215,24 @@ def summarize(
     return exp
 
 
-def _as_image(image: Image.Image | np.ndarray | str | os.PathLike) -> tuple[Image.Image, str | None]:
-    if isinstance(image, Image.Image):
-        return image.convert("RGB"), None
-    if isinstance(image, np.ndarray):
-        return Image.fromarray(image).convert("RGB"), None
-    return load_image(image), str(image)
+def _as_image(image: ImageLike) -> tuple[Image.Image, str | None]:
+    """Every kind of input through one decoding path (:func:`fcn_cam.images.as_image`)."""
+    return as_image(image)
+
+
+def _check_request(fcn: FCN, target: int | str | None, top_k: int) -> None:
+    """Refuse a bad ``target``/``top_k`` up front, with the reason (not an IndexError later)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, int | np.integer | str)):
+        raise ValueError(f"target must be a class index (int) or a class name (str), got {target!r}")
+    if target is not None:
+        resolve_class(fcn, int(target) if isinstance(target, np.integer) else target)
 
 
 def explain(
     fcn: FCN,
-    image: Image.Image | np.ndarray | str | os.PathLike,
+    image: ImageLike,
     *,
     scale: Scales = 2.0,
     target: int | str | None = None,
@@ -237,7 +245,8 @@ def explain(
 
     Args:
         fcn: a converted model (:func:`fcn_cam.convert` or :func:`fcn_cam.load`).
-        image: a PIL image, an ``[H, W, 3]`` uint8 array or a path.
+        image: a path, a PIL image, a numpy array or a tensor (layout and range rule in
+            :mod:`fcn_cam.images`), decoded the same way whatever the kind.
         scale: the shorter side becomes ``scale × input_size``; several scales are fused
             by averaging their aligned heatmaps and their class scores.
         target: a class index or name (default: the ``top_k`` best classes).
@@ -248,8 +257,9 @@ def explain(
             image (:func:`fcn_cam.geometry.cover_padding`); otherwise the outer band
             (VGG16: 111.5 input px) has no cell of its own and shows its neighbour's value.
     """
-    img, name = _as_image(image)
+    _check_request(fcn, target, top_k)
     scales = _scales(scale)
+    img, name = _as_image(image)
     inputs = [network_input(fcn, img, side, pad) for side in sides(fcn, scales)]
     maps = [score_maps(fcn, i.x[None])[0] for i in inputs]
     return summarize(
@@ -306,8 +316,7 @@ def explain_files(
     scales = _scales(scale)
     side_list = sides(fcn, scales)
     resolve_rank(fcn, rank)  # fail once, before any work
-    if target is not None:
-        resolve_class(fcn, target)
+    _check_request(fcn, target, top_k)
 
     def prepare(path: Path) -> tuple[Path, Image.Image | None, list[NetInput] | None, str | None]:
         try:
@@ -329,6 +338,9 @@ def explain_files(
     group: list = []
     for path, img, xs, err in prefetch(prepare, (Path(p) for p in paths), workers):
         if err is not None:
+            if group:  # keep input order: earlier images first
+                yield from flush(group)
+                group = []
             yield Result(path, error=err)
             continue
         if group and ([i.x.shape for i in group[0][2]] != [i.x.shape for i in xs]

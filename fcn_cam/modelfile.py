@@ -149,7 +149,8 @@ def read(path: str | os.PathLike) -> dict:
         keys = sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__
         raise ModelFileError(
             f"{path}: a PyTorch file but not an fcn-cam model (found {keys}); make one with "
-            "`fcn-cam convert ARCH --weights FILE -o OUT.pt` or fcn_cam.save(fcn_cam.convert(model), OUT)"
+            "`fcn-cam convert ARCH --weights FILE -o OUT.pt` or fcn_cam.save(fcn_cam.convert(model), OUT) "
+            "(the shipped demo twins: `fcn-cam convert demo-fc -o fc.pt`)"
         )
     version = obj.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:

@@ -45,6 +45,11 @@ KEY_CHARS = 12  # hex digits of the key in file names (48 bits)
 _OUTPUT_NAME = re.compile(r".+\.[0-9a-f]{%d}(\.\d+)?_cam(\.s[^.]+)?\.(png|npy)$" % KEY_CHARS)
 
 
+def is_output_name(name: str) -> bool:
+    """Whether ``name`` is one of the files :class:`OutputDir` writes (never an input)."""
+    return bool(_OUTPUT_NAME.match(name))
+
+
 class OutputError(OSError):
     """The output folder cannot be used (not writable, not a folder); one line."""
 

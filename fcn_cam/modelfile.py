@@ -133,8 +133,9 @@ def read(path: str | os.PathLike) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        if "weights only" in str(e).lower() or "unsupported global" in str(e).lower():
+        lines = [x.strip() for x in str(e).splitlines() if x.strip()] or [type(e).__name__]
+        first = next((x for x in lines if "GLOBAL" in x or "Unsupported" in x), lines[0])[:200]
+        if "global" in first.lower() or "unsupported class" in first.lower():
             raise ModelFileError(
                 f"{path}: refused: loading it would run code or build objects other than tensors "
                 f"({first}). fcn-cam only loads files written by `fcn-cam convert` / fcn_cam.save"

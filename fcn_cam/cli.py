@@ -231,9 +231,10 @@ def explain(
                    f"{output_dir}", err=True)
     paths = list(find_images(images, exclude=[output_dir] if output_dir else []))
     if out:
-        ours = [p for p in paths if p.parent.resolve() == out.root.resolve() and is_output_name(p.name)]
+        root = os.path.realpath(out.root)
+        ours = [p for p in paths if os.path.realpath(p.parent) == root and is_output_name(p.name)]
         paths = [p for p in paths if p not in set(ours)]
-        out.protect = {p.resolve() for p in paths}
+        out.protect = {Path(os.path.realpath(p)) for p in paths}
     if not paths:
         raise fail("no images found in the given paths")
     n = len(paths)

@@ -126,7 +126,8 @@ def class_scores(maps: torch.Tensor, rank: str) -> torch.Tensor:
 def _scales(scale: Scales) -> list[float]:
     scales = [float(scale)] if isinstance(scale, int | float) else [float(s) for s in scale]
     if not scales or not all(math.isfinite(s) and s > 0 for s in scales):
-        raise ValueError(f"scales must be finite and positive, got {', '.join(f'{s:g}' for s in scales) or 'none'}")
+        got = ", ".join(f"{s:g}" for s in scales) or "none"
+        raise ValueError(f"scales must be finite and positive, got {got}")
     return scales
 
 

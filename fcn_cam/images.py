@@ -212,20 +212,22 @@ def _inside(p: Path, roots: Sequence[Path]) -> bool:
     return any(p == r or r in p.parents for r in roots)
 
 
-def find_images(inputs: Iterable[str | os.PathLike], exclude: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
+def find_images(
+    inputs: Iterable[str | os.PathLike], exclude: Iterable[str | os.PathLike] = ()
+) -> Iterator[Path]:
     """Expand directories (recursively, sorted, image suffixes only; symbolic links to
     directories are not followed); files pass as given, so that missing, dangling or
     special files are reported by :func:`load_image`. Anything under ``exclude`` (the output
     folder) is left out, so outputs are never read back as inputs."""
-    skip = [Path(e).resolve() for e in exclude]
+    skip = [Path(os.path.realpath(e)) for e in exclude]
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             found = []
             for dirpath, dirnames, filenames in os.walk(p):  # links, FIFOs … land in filenames
                 d = Path(dirpath)
-                dirnames[:] = [n for n in dirnames if not _inside((d / n).resolve(), skip)]
+                dirnames[:] = [n for n in dirnames if not _inside(Path(os.path.realpath(d / n)), skip)]
                 found += [d / n for n in filenames if Path(n).suffix.lower() in IMAGE_SUFFIXES]
             yield from sorted(found)
-        elif not (skip and _inside(p.resolve(), skip)):
+        elif not (skip and _inside(Path(os.path.realpath(p)), skip)):
             yield p

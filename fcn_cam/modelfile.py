@@ -217,7 +217,8 @@ def _check_spec(spec: object, where: str, depth: int, count: list[int]) -> None:
         return
     cls = BY_NAME.get(spec["type"])
     if cls is None:
-        raise _Bad(f"{where}: unknown layer type {spec['type'][:64]!r} (known: {', '.join(BY_NAME)}, Sequential)")
+        known = ", ".join([*BY_NAME, "Sequential"])
+        raise _Bad(f"{where}: unknown layer type {spec['type'][:64]!r} (known: {known})")
     args = spec.get("args")
     if not isinstance(args, dict):
         raise _Bad(f"{where}: {spec['type']} without an 'args' dict")
@@ -298,7 +299,8 @@ def _meta_model(obj: dict) -> FCN:
 def _check_tensors(fcn: FCN, sd: object) -> None:
     """The file's tensors are exactly the model's: same names, shapes and dtypes, so building
     allocates no more than the bytes present in the file."""
-    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                           for k, v in sd.items()):
         raise _Bad("'state_dict' must map names to tensors")
     want = fcn.state_dict()
     missing, extra = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))

@@ -42,7 +42,7 @@ from .files import dumps_strict, stale_temporaries, write_atomic
 from .render import overlay
 
 KEY_CHARS = 12  # hex digits of the key in file names (48 bits)
-_OUTPUT_NAME = re.compile(r".+\.[0-9a-f]{%d}(\.\d+)?_cam(\.s[^.]+)?\.(png|npy)$" % KEY_CHARS)
+_OUTPUT_NAME = re.compile(rf".+\.[0-9a-f]{{{KEY_CHARS}}}(\.\d+)?_cam(\.s[0-9.e+-]+)?\.(png|npy)$")
 
 
 def is_output_name(name: str) -> bool:
@@ -65,7 +65,7 @@ class NonFiniteError(ValueError):
 def image_identity(image: str | os.PathLike | None, pixels: Image.Image | None = None) -> str:
     """What identifies an image across runs: its resolved path, else a hash of its pixels."""
     if image is not None:
-        return str(Path(image).resolve())
+        return os.path.realpath(image)  # no error on link loops
     if pixels is None:
         raise ValueError("an in-memory image needs its pixels to be identified")
     h = hashlib.sha256(f"{pixels.mode}{pixels.size}".encode())
@@ -120,7 +120,7 @@ class OutputDir:
         self.root = Path(root)
         self.overwrite, self.colormap, self.alpha = overwrite, colormap, alpha
         self.request = {"colormap": colormap, "alpha": alpha, **(request or {})}
-        self.protect = {Path(p).resolve() for p in protect}
+        self.protect = {Path(os.path.realpath(p)) for p in protect}
         self.jsonl = self.root / self.JSONL
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -250,7 +250,7 @@ class OutputDir:
                 payload.append((self.root / name, b.getvalue()))
             files.append({"index": t.index, "overlay": png, "maps": maps})
         for path, _ in payload:
-            if path.resolve() in self.protect:
+            if Path(os.path.realpath(path)) in self.protect:
                 raise OutputError(f"{exp.image}: refusing to write {path}: it is an input")
         record = {"key": key, **exp.record(), "request": self.request, "files": files}
         line = dumps_strict(record)

@@ -69,7 +69,8 @@ def test_arrays_and_tensors_follow_one_rule(fcn, photos):
     for x in same:
         np.testing.assert_allclose(fcn_cam.explain(fcn, x, scale=1).targets[0].cams[0], ref, atol=1e-6)
     gray = rgb[..., 0]
-    assert as_image(gray)[0].mode == "RGB" and as_image(gray[..., None])[0].size == (gray.shape[1], gray.shape[0])
+    assert as_image(gray)[0].mode == "RGB"
+    assert as_image(gray[..., None])[0].size == (gray.shape[1], gray.shape[0])
     rgba = np.dstack([rgb, np.zeros(rgb.shape[:2], np.uint8)])  # fully transparent -> background
     assert (np.asarray(as_image(rgba)[0]) == 255).all()
     for bad, why in [(f * 2, "must lie in"), (rgb.astype(np.int64) * 300, "0…255"),

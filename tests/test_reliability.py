@@ -158,7 +158,7 @@ def test_interrupted_runs_lose_nothing(setup):
                              stderr=subprocess.PIPE, text=True)
         first = p.stdout.readline()  # wait until it writes, then strike at a random moment
         if first:
-            time.sleep(rng.uniform(0, 0.4))
+            time.sleep(rng.uniform(0, 1.0))
         p.send_signal(sig)
         rest, err = p.communicate(timeout=120)
         printed = [json.loads(x) for x in (first + rest).splitlines() if x.startswith("{")]

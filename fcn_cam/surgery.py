@@ -514,10 +514,11 @@ def convert(
         )
     full = model  # what the maps reproduce when a final softmax is kept
     logits = None  # the original's output before a final softmax, where the importer has it
-    if hasattr(model, "pre_logits") and hasattr(model, "head") and hasattr(model, "features"):
-        from .importers.timm import plain as timm_plain  # timm's VGG: FC layers already convs
+    conv_head: list[nn.Module] = []  # conv layers of the original head (timm's ConvMlp)
+    from .importers import timm as timm_vgg
 
-        model = timm_plain(model)
+    if timm_vgg.is_timm_vgg(model):
+        model, conv_head = timm_vgg.plain(model)
     elif output is not None or not _is_known_layout(model):
         from .importers.fx import plain as fx_plain
 
@@ -546,8 +547,14 @@ def convert(
             s.head.append(ChannelSoftmax(log=isinstance(softmax, nn.LogSoftmax)))
         else:
             dropped.append(type(softmax).__name__)
+    if conv_head:
+        s.body = nn.Sequential(s.body, *conv_head)
     head, kind = _build_head(s, size, ref, order)
     features = copy.deepcopy(s.body)
+    if conv_head:  # the head's convolutions go back to the head, after the features
+        moved = list(features.children())[1:]
+        features = features[0]
+        head = nn.Sequential(*moved, *head)
     if class_names is not None and len(class_names) != _classes(head):
         raise ConversionError(
             f"{len(class_names)} class names for {_classes(head)} classes"

@@ -17,7 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 SIZE, CLASSES = 32, 5
 
 
-def build(seed: int = 0) -> onnx.ModelProto:
+def build(seed: int = 0, free_size: bool = False) -> onnx.ModelProto:
+    """The model; ``free_size`` leaves the input height/width symbolic (as many exports do)."""
     rng = np.random.default_rng(seed)
     inits = []
 
@@ -63,7 +64,7 @@ def build(seed: int = 0) -> onnx.ModelProto:
     ]
     graph = helper.make_graph(
         nodes, "keras_style_vgg",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", SIZE, SIZE, 3])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", *(("H", "W") if free_size else (SIZE, SIZE)), 3])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", CLASSES])],
         inits,
     )

@@ -32,12 +32,15 @@ def build(seed: int = 0, free_size: bool = False) -> onnx.ModelProto:
 
     nodes = [helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2])]
     # stride-2 conv with TF "same" padding on an even size: 0 before, 1 after
-    nodes.append(helper.make_node("Conv", ["nchw", const("w1", rand(8, 3, 3, 3, scale=0.3)), const("b1", rand(8))],
+    nodes.append(helper.make_node("Conv", ["nchw", const("w1", rand(8, 3, 3, 3, scale=0.3)),
+                                          const("b1", rand(8))],
                                   ["c1"], kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1]))
     nodes.append(helper.make_node("Relu", ["c1"], ["r1"]))
-    nodes.append(helper.make_node("Conv", ["r1", const("w2", rand(16, 8, 3, 3, scale=0.2)), const("b2", rand(16))],
+    nodes.append(helper.make_node("Conv", ["r1", const("w2", rand(16, 8, 3, 3, scale=0.2)),
+                                          const("b2", rand(16))],
                                   ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
-    nodes.append(helper.make_node("BatchNormalization", ["c2", const("g", rand(16) * 0.1 + 1), const("be", rand(16)),
+    nodes.append(helper.make_node("BatchNormalization", ["c2", const("g", rand(16) * 0.1 + 1),
+                                                        const("be", rand(16)),
                                   const("mu", rand(16) * 0.1), const("var", np.abs(rand(16)) + 0.5)], ["bn"]))
     nodes.append(helper.make_node("Relu", ["bn"], ["r2"]))
     nodes.append(helper.make_node("MaxPool", ["r2"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]))
@@ -64,7 +67,8 @@ def build(seed: int = 0, free_size: bool = False) -> onnx.ModelProto:
     ]
     graph = helper.make_graph(
         nodes, "keras_style_vgg",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", *(("H", "W") if free_size else (SIZE, SIZE)), 3])],
+        [helper.make_tensor_value_info(
+            "image", TensorProto.FLOAT, ["N", *(("H", "W") if free_size else (SIZE, SIZE)), 3])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", CLASSES])],
         inits,
     )

@@ -52,7 +52,9 @@ def _floats(text: str | None, name: str) -> tuple[float, ...] | None:
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise ValueError(f"--{name} {text!r}: expected three comma-separated numbers, e.g. 0.485,0.456,0.406") from None
+        raise ValueError(
+            f"--{name} {text!r}: expected three comma-separated numbers, e.g. 0.485,0.456,0.406"
+        ) from None
     if len(values) != 3:
         raise ValueError(f"--{name} {text!r}: expected three values (R, G, B), got {len(values)}")
     return values
@@ -100,14 +102,16 @@ def convert(
     std: Annotated[str | None, typer.Option(
         help="ONNX: per-channel std (default ImageNet's).")] = None,
     scale_01: Annotated[bool, typer.Option(
-        "--scale-01", help="ONNX: the model takes [0, 1] pixels as they are (Keras models rescaled by 1/255).")] = False,
+        "--scale-01",
+        help="ONNX: the model takes [0, 1] pixels as they are (Keras models rescaled by 1/255).")] = False,
     flatten_order: Annotated[str | None, typer.Option(
         help="ONNX: assert the order the graph flattens its features in (chw, hwc, whc, …); read from "
         "the graph's Transpose.")] = None,
     model_output: Annotated[str | None, typer.Option(
         help="ONNX: the graph output holding the class scores (name or index), if there are several.")] = None,
     keep_softmax: Annotated[bool, typer.Option(
-        help="Keep a final Softmax as a softmax over the class maps (default: dropped, maps are logits).")] = False,
+        help="Keep a final Softmax as a softmax over the class maps (default: dropped, maps are "
+        "logits).")] = False,
     classes: Annotated[Path | None, typer.Option(
         help="ONNX: a text file with one class name per line.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,

@@ -100,7 +100,9 @@ def _rebuilds(spec: dict, module: nn.Module) -> None:
     """Raise at save time if the spec would not load back into the same layers."""
     again = _module(spec)
     for (name, a), (_, b) in zip(module.named_modules(), again.named_modules()):
-        if type(a) is not type(b) or any(_plain(getattr(a, k)) != _plain(getattr(b, k)) for k in LAYERS.get(type(a), ())):
+        same = type(a) is type(b) and all(
+            _plain(getattr(a, k)) == _plain(getattr(b, k)) for k in LAYERS.get(type(a), ()))
+        if not same:
             raise ModelFileError(f"cannot save: layer {name or type(a).__name__} would not load back the same")
     missing = set(module.state_dict()) ^ set(again.state_dict())
     if missing:

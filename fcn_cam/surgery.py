@@ -267,7 +267,9 @@ def _fold_head(
                 )
             ops.append(copy.deepcopy(layer))
     if pending is not None:
-        raise ConversionError("BatchNorm1d (or a constant Mul/Add) at the end of the head has no Linear to fold into")
+        raise ConversionError(
+            "BatchNorm1d (or a constant Mul/Add) at the end of the head has no Linear to fold into"
+        )
     return ops
 
 

@@ -109,7 +109,8 @@ def test_cli_convert_onnx(keras_file, tmp_path):
     assert "flatten order hwc" in r.output and "dropped Softmax" in r.output
     fcn = fcn_cam.load(out)
     assert fcn.info["mean"] == [0, 0, 0] and fcn.info["flatten_order"] == "hwc"
-    r = CliRunner().invoke(app, ["convert", str(keras_file), "-o", str(tmp_path / "x.pt"), "--flatten-order", "chw"])
+    args = ["convert", str(keras_file), "-o", str(tmp_path / "x.pt"), "--flatten-order", "chw"]
+    r = CliRunner().invoke(app, args)
     assert r.exit_code == 2 and "flattens in order 'hwc', not 'chw'" in r.output
     assert not (tmp_path / "x.pt").exists()
     r = CliRunner().invoke(app, ["convert", "vgg11", "-o", str(tmp_path / "y.pt"), "--scale-01"])

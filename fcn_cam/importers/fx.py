@@ -270,10 +270,13 @@ class _Importer:
         """Node ``n`` acting on ``[B, N]`` vectors as a layer surgery understands."""
         x, y = self.values[x_node], self.values[n]
         if not (isinstance(y, torch.Tensor) and y.dim() == 2):
-            raise ConversionError(f"{_describe(n)} in the head gives {tuple(getattr(y, 'shape', ()))}, not [B, N]")
+            raise ConversionError(
+                f"{_describe(n)} in the head gives {tuple(getattr(y, 'shape', ()))}, not [B, N]"
+            )
         if x.shape == y.shape and torch.equal(x, y):
             return None  # dropout in eval, identity
-        module = self.gm.get_submodule(n.target) if n.op == "call_module" and self.only_input(n, x_node) else None
+        own = n.op == "call_module" and self.only_input(n, x_node)
+        module = self.gm.get_submodule(n.target) if own else None
         if isinstance(module, (nn.Linear, nn.BatchNorm1d)):
             return module
         if last and _close(x.softmax(1), y):
@@ -364,7 +367,8 @@ def plain(
         if inputs[n] is not prev:
             raise ConversionError(
                 f"{_describe(n)} uses `{inputs[n].name}`, not the previous step `{prev.name}`: the "
-                "fx importer follows one chain (no branches); pass nn.Sequential(features, nn.Flatten(), classifier)"
+                "fx importer follows one chain (no branches); pass "
+                "nn.Sequential(features, nn.Flatten(), classifier)"
             )
         prev = n
     start = 0

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..surgery import IMAGENET_MEAN, IMAGENET_STD, FCN, ConversionError, convert
+from ..surgery import FCN, IMAGENET_MEAN, IMAGENET_STD, ConversionError, convert
 from . import fx
 
 
@@ -41,7 +41,9 @@ def _input_layout(path: Path, graph, input_size) -> tuple[str, bool, tuple[int, 
     inp = inputs[0]
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
     if len(dims) != 4:
-        raise ConversionError(f"{path}: input `{inp.name}` has {len(dims)} dimensions, expected 4 (an image batch)")
+        raise ConversionError(
+            f"{path}: input `{inp.name}` has {len(dims)} dimensions, expected 4 (an image batch)"
+        )
     if dims[3] == 3 and dims[1] != 3:
         channels_last, hw = True, dims[1:3]
     elif dims[1] == 3:
@@ -53,7 +55,9 @@ def _input_layout(path: Path, graph, input_size) -> tuple[str, bool, tuple[int, 
     if input_size is not None:
         size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
         if any(f is not None and f != s for f, s in zip(hw, size)):
-            raise ConversionError(f"{path}: input `{inp.name}` is fixed at {hw[0]}×{hw[1]}, not {size[0]}×{size[1]}")
+            raise ConversionError(
+                f"{path}: input `{inp.name}` is fixed at {hw[0]}×{hw[1]}, not {size[0]}×{size[1]}"
+            )
     elif None in hw:
         raise ConversionError(
             f"{path}: input `{inp.name}` has a free height/width ({dims}); pass input_size "
@@ -68,7 +72,9 @@ def _pick_output(path: Path, graph, output: int | str | None) -> str:
     names = [o.name for o in graph.output]
     if output is None:
         if len(names) != 1:
-            raise ConversionError(f"{path}: the graph has outputs {names}; pass output= (--model-output) naming the class logits")
+            raise ConversionError(
+                f"{path}: the graph has outputs {names}; pass output= (--model-output) naming the class logits"
+            )
         return names[0]
     if isinstance(output, int) and -len(names) <= output < len(names):
         return names[output]

@@ -316,7 +316,7 @@ def explain(
         settings = Settings.make(fcn, scale=scale or DEFAULT_SCALE, maps=maps, pad=pad, clamp=clamp,
                                  target=class_, top_k=top_k, box_fraction=box_fraction, rank=rank)
         scales = list(settings.scales)
-        k = fcn.head[-1].out_channels
+        k = fcn.num_classes
         if top_k > k:
             typer.echo(f"note: --top-k {top_k} is more than the model's {k} classes; explaining all {k}",
                        err=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,12 +296,14 @@ def explain_files(
     workers: int = 2,
     rank: str = "auto",
     pad: bool = True,
+    load: Callable[[Path], Image.Image] = load_image,
 ) -> Iterator[Result]:
     """Explain many files, in order; a file that fails yields a :class:`Result` with the error.
 
     Decoding and resizing run in a thread pool ahead of the network; consecutive images
     whose inputs have the same shape are batched (others run alone — padding would change
-    the border cells).
+    the border cells). ``load`` opens one path (raising :class:`ImageError`); callers that
+    decoded elsewhere, like :mod:`fcn_cam.distributed`, pass a lookup instead.
     """
     scales = _scales(scale)
     side_list = sides(fcn, scales)
@@ -311,7 +313,7 @@ def explain_files(
 
     def prepare(path: Path) -> tuple[Path, Image.Image | None, list[NetInput] | None, str | None]:
         try:
-            img = load_image(path)
+            img = load(path)
             return path, img, [network_input(fcn, img, s, pad) for s in side_list], None
         except ImageError as e:
             return path, None, None, str(e)

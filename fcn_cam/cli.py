@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from . import zoo
+from . import distributed, zoo
 from .explain import Result, explain_files, prefetch, resolve_class, resolve_rank
 from .images import find_images
 from .modelfile import ModelFileError, load, read, save
@@ -31,6 +32,14 @@ EXPECTED = (ModelFileError, zoo.WeightsError, ConversionError, ValueError, FileE
 def fail(message: str, code: int = 2) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+def ray_guarded(results: Iterator[Result]) -> Iterator[Result]:
+    """A Ray run that fails as a whole (not one image) ends the command with one line."""
+    try:
+        yield from results
+    except distributed.RayRunError as e:
+        raise fail(str(e), 1) from None
 
 
 def open_model(model: str, weights: str, output_stride: int | None) -> FCN:
@@ -102,6 +111,14 @@ def explain(
     precision: Annotated[str, typer.Option(help="fp32, or bf16 (faster on CPUs with bf16 units).")] = "fp32",
     channels_last: Annotated[bool, typer.Option(help="Channels-last memory format.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    ray: Annotated[str | None, typer.Option(
+        metavar="ADDRESS",
+        help="Run on Ray (pip install 'fcn-cam\\[ray]'): 'local' starts a Ray instance on this machine, "
+        "'auto' joins the cluster running here, HOST:6379 or ray://HOST:10001 a remote one. IMAGES "
+        "may then also be list files (.txt) and quoted globs.")] = None,
+    ray_actors: Annotated[int | None, typer.Option(
+        help="With --ray: model actors (default: as many as the cluster's CPUs or GPUs allow).", min=1)] = None,
+    ray_gpus: Annotated[float, typer.Option(help="With --ray: GPUs per model actor.", min=0)] = 0,
 ) -> None:
     """Explain images: one forward pass per image and scale gives every class's map.
 
@@ -109,24 +126,31 @@ def explain(
     image's size), `<stem>_cam.npy` (raw score map) and `explanations.jsonl`. A file that
     fails is reported and the rest go on; the exit code is then 1.
     """
+    runtime = {"precision": precision, "channels_last": channels_last}
+    options = {"scale": scale or [2.0], "target": class_, "top_k": top_k, "box_fraction": box_fraction,
+               "batch_size": batch_size, "rank": rank, "pad": pad}
+    writing = {"overwrite": overwrite, "colormap": colormap, "alpha": alpha}
     try:
         check_colormap(colormap)
-        fcn = prepare(open_model(model, weights, output_stride), precision, channels_last)
+        fcn = open_model(model, weights, output_stride)
         resolve_rank(fcn, rank)
         if class_ is not None:
             resolve_class(fcn, class_)
-        out = OutputDir(output_dir, overwrite=overwrite, colormap=colormap, alpha=alpha) if output_dir else None
-    except EXPECTED as e:
+        if ray is not None:  # the same explanation, over a Ray cluster
+            paths = distributed.image_paths(images)
+            results = ray_guarded(distributed.explain_dataset(
+                fcn, paths, output_dir, address=ray, actors=ray_actors,
+                num_gpus=ray_gpus, runtime=runtime, output=writing, **options))
+        else:
+            fcn = prepare(fcn, **runtime)
+            out = OutputDir(output_dir, **writing) if output_dir else None
+            paths = list(find_images(images))
+    except (*EXPECTED, ImportError) as e:
         raise fail(str(e)) from None
-    paths = list(find_images(images))
     if not paths:
         raise fail("no images found in the given paths")
     progress = sys.stderr.isatty()
     failed = 0
-    results = explain_files(
-        fcn, paths, scale=scale or [2.0], target=class_, top_k=top_k,
-        box_fraction=box_fraction, batch_size=batch_size, rank=rank, pad=pad,
-    )
 
     def finish(r: Result) -> Result:
         """Render and write one result (in a writer thread, overlapping the next forward)."""
@@ -138,7 +162,9 @@ def explain(
         r.image = r.explanation = None  # keep memory bounded on big folders
         return r
 
-    for i, r in enumerate(prefetch(finish, results, workers=1, depth=4), 1):
+    if ray is None:
+        results = prefetch(finish, explain_files(fcn, paths, **options), workers=1, depth=4)
+    for i, r in enumerate(results, 1):
         if progress:
             typer.echo(f"\r[{i}/{len(paths)}] {r.path.name[:40]:<40}", err=True, nl=False)
         if r.error is not None:

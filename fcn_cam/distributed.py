@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -205,26 +207,64 @@ def explain_dataset(
                 dict(runtime or {}), output, options)
 
 
+class RayRunError(RuntimeError):
+    """The Ray run itself failed (cluster unreachable, an actor that cannot start, …)."""
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The first exception that is not Ray's wrapper around it (an actor's ValueError, …)."""
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        inner = getattr(e, "cause", None) or e.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        e = inner
+    return e
+
+
+@contextmanager
+def _quiet(ray) -> Iterator[None]:
+    """No progress bars or per-dataset INFO lines on the driver; restored afterwards."""
+    ctx = ray.data.DataContext.get_current()
+    log = logging.getLogger("ray.data")
+    bars, level = ctx.enable_progress_bars, log.level
+    ctx.enable_progress_bars = False
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        ctx.enable_progress_bars = bars
+        log.setLevel(level)
+
+
 def _run(ray, address, model, paths, root, actors, num_cpus, num_gpus, decode_cpus, runtime, output,
          options) -> Iterator[Result]:
     started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
-        yield from _stream(ray, model, paths, root, actors, num_cpus, num_gpus, decode_cpus, runtime,
-                           output, options)
-    finally:
         if started:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING)
+        with _quiet(ray):
+            yield from _stream(ray, model, paths, root, actors, num_cpus, num_gpus, decode_cpus, runtime,
+                               output, options)
+    except (ray.exceptions.RayError, ConnectionError) as e:
+        cause = _root_cause(e)
+        raise RayRunError(f"the Ray run failed: {type(cause).__name__}: {str(cause).strip().splitlines()[-1]}"
+                          ) from e
+    finally:
+        if started and ray.is_initialized():
             ray.shutdown()
 
 
 def _stream(ray, model, paths, root, actors, num_cpus, num_gpus, decode_cpus, runtime, output, options):
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
     if actors is None:
         res = ray.cluster_resources()
-        have = res.get("GPU", 0) / num_gpus if num_gpus else (res.get("CPU", 1) - decode_cpus) / max(num_cpus, 1e-9)
-        actors = max(1, int(have))
+        if num_gpus:
+            actors = int(res.get("GPU", 0) / num_gpus)
+        else:
+            actors = int((res.get("CPU", 1) - decode_cpus) / max(num_cpus, 1e-9))
+        actors = max(1, actors)
     batch_size = int(options.get("batch_size", 8))
     rows = [{"path": str(p), "read": str(p.resolve())} for p in paths]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))

@@ -211,16 +211,19 @@ class RayRunError(RuntimeError):
     """The Ray run itself failed (cluster unreachable, an actor that cannot start, …)."""
 
 
-def _root_cause(e: BaseException) -> BaseException:
-    """The first exception that is not Ray's wrapper around it (an actor's ValueError, …)."""
-    seen = set()
-    while id(e) not in seen:
+def _reason(e: BaseException) -> str:
+    """One line for a failed run: the last line of the innermost exception that says anything
+    (Ray wraps an actor's ``ValueError`` in a few layers, whose text ends with the original)."""
+    chain, seen = [], set()
+    while isinstance(e, BaseException) and id(e) not in seen:
         seen.add(id(e))
-        inner = getattr(e, "cause", None) or e.__cause__
-        if not isinstance(inner, BaseException):
-            break
-        e = inner
-    return e
+        chain.append(e)
+        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
+    for x in reversed(chain):
+        lines = [line.strip() for line in str(x).splitlines() if line.strip()]
+        if lines:
+            return lines[-1]
+    return type(chain[0]).__name__
 
 
 @contextmanager
@@ -249,9 +252,7 @@ def _run(ray, address, model, paths, root, actors, num_cpus, num_gpus, decode_cp
             yield from _stream(ray, model, paths, root, actors, num_cpus, num_gpus, decode_cpus, runtime,
                                output, options)
     except (ray.exceptions.RayError, ConnectionError) as e:
-        cause = _root_cause(e)
-        raise RayRunError(f"the Ray run failed: {type(cause).__name__}: {str(cause).strip().splitlines()[-1]}"
-                          ) from e
+        raise RayRunError(f"the Ray run failed: {_reason(e)}") from e
     finally:
         if started and ray.is_initialized():
             ray.shutdown()

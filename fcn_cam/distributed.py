@@ -161,9 +161,9 @@ def explain_dataset(
     *,
     address: str | None = None,
     actors: int | None = None,
-    num_cpus: float = 1,
+    num_cpus: float | None = None,
     num_gpus: float = 0,
-    decode_cpus: float = 0.25,
+    decode_cpus: float = 0,
     runtime: Mapping[str, Any] | None = None,
     output: Mapping[str, Any] | None = None,
     **options: Any,
@@ -181,9 +181,14 @@ def explain_dataset(
             Ignored when Ray is already initialized in this process.
         actors: size of the model actor pool (default: as many as the cluster's CPUs, or
             GPUs with ``num_gpus``, allow).
-        num_cpus, num_gpus: resources of each model actor (``num_gpus=1``: GPU actors; pass
+        num_cpus: CPUs of each model actor, which are also its torch threads (default: the
+            cluster's CPUs, at most 4: one actor per small machine; fewer, bigger actors hold
+            fewer model copies, and intra-op threads scale about as well as more actors).
+        num_gpus: GPUs of each model actor (``num_gpus=1``: GPU actors; pass
             ``runtime={"device": "cuda"}`` once :func:`fcn_cam.prepare` takes a device).
-        decode_cpus: CPUs reserved by each decoding task.
+        decode_cpus: CPUs reserved by each decoding task (default 0: decoding shares the
+            actors' cores, as the local CLI's decoding threads share the forward's; a
+            positive value needs as many CPUs left over by the actors).
         runtime: keyword arguments of :func:`fcn_cam.prepare`, applied in each actor.
         output: keyword arguments of :class:`OutputDir` (``overwrite``, ``colormap``, ``alpha``).
         **options: keyword arguments of :func:`fcn_cam.explain_files` (``scale``, ``target``,
@@ -259,13 +264,12 @@ def _run(ray, address, model, paths, root, actors, num_cpus, num_gpus, decode_cp
 
 
 def _stream(ray, model, paths, root, actors, num_cpus, num_gpus, decode_cpus, runtime, output, options):
+    cpus = ray.cluster_resources().get("CPU", 1)
+    if num_cpus is None:
+        num_cpus = 1 if num_gpus else max(1, min(4, int(cpus)))
     if actors is None:
-        res = ray.cluster_resources()
-        if num_gpus:
-            actors = int(res.get("GPU", 0) / num_gpus)
-        else:
-            actors = int((res.get("CPU", 1) - decode_cpus) / max(num_cpus, 1e-9))
-        actors = max(1, actors)
+        gpus = ray.cluster_resources().get("GPU", 0)
+        actors = max(1, int(gpus / num_gpus if num_gpus else (cpus - decode_cpus) / num_cpus))
     batch_size = int(options.get("batch_size", 8))
     rows = [{"path": str(p), "read": str(p.resolve())} for p in paths]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))

@@ -94,8 +94,8 @@ class Explainer:
     Args:
         model: an :class:`FCN` (shipped through the object store) or a model file path.
         output_dir: where to write, or None for records only.
-        runtime: keyword arguments of :func:`fcn_cam.prepare` (precision, …), applied here so
-            that each actor places the model on its own device.
+        runtime: keyword arguments of :func:`fcn_cam.prepare` (precision, device, …), applied
+            here so that each actor resolves ``auto`` on its own hardware.
         output: keyword arguments of :class:`OutputDir` (overwrite, colormap, alpha).
         options: keyword arguments of :func:`fcn_cam.explain_files` (scale, top_k, …).
     """
@@ -103,7 +103,7 @@ class Explainer:
     def __init__(self, model: FCN | str | os.PathLike, output_dir: str | None,
                  runtime: Mapping[str, Any], output: Mapping[str, Any], options: Mapping[str, Any]) -> None:
         fcn = model if isinstance(model, FCN) else load(model)
-        self.fcn = prepare(fcn, **runtime)
+        self.fcn = prepare(fcn, **{"copy": False, **runtime})  # this copy is the actor's own
         self.options = dict(options)
         self.out = None
         if output_dir is not None:
@@ -184,12 +184,13 @@ def explain_dataset(
         num_cpus: CPUs of each model actor, which are also its torch threads (default: the
             cluster's CPUs, at most 4: one actor per small machine; fewer, bigger actors hold
             fewer model copies, and intra-op threads scale about as well as more actors).
-        num_gpus: GPUs of each model actor (``num_gpus=1``: GPU actors; pass
-            ``runtime={"device": "cuda"}`` once :func:`fcn_cam.prepare` takes a device).
+        num_gpus: GPUs of each model actor (``num_gpus=1``: GPU actors, where ``prepare``'s
+            default ``device="auto"`` picks CUDA).
         decode_cpus: CPUs reserved by each decoding task (default 0: decoding shares the
             actors' cores, as the local CLI's decoding threads share the forward's; a
             positive value needs as many CPUs left over by the actors).
-        runtime: keyword arguments of :func:`fcn_cam.prepare`, applied in each actor.
+        runtime: keyword arguments of :func:`fcn_cam.prepare` (``precision``, ``device``, …),
+            applied in each actor.
         output: keyword arguments of :class:`OutputDir` (``overwrite``, ``colormap``, ``alpha``).
         **options: keyword arguments of :func:`fcn_cam.explain_files` (``scale``, ``target``,
             ``top_k``, ``batch_size``, …), passed through unchanged.

@@ -274,7 +274,10 @@ def _stream(ray, model, paths, root, actors, num_cpus, num_gpus, decode_cpus, ru
     batch_size = int(options.get("batch_size", 8))
     rows = [{"path": str(p), "read": str(p.resolve())} for p in paths]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))
-    ds = ds.map_batches(_decode, batch_size=batch_size, num_cpus=decode_cpus)
+    # As many decoding tasks at a time as actors: with no CPUs reserved Ray would start one per
+    # block at once, each in its own process, and starve the actors (measured: first record
+    # after 221 s instead of ~70 s for 96 images).
+    ds = ds.map_batches(_decode, batch_size=batch_size, num_cpus=decode_cpus, concurrency=actors)
     ds = ds.map_batches(
         Explainer, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=num_cpus, num_gpus=num_gpus,

@@ -29,7 +29,7 @@ from PIL import Image
 from .explain import Result, explain_files, prefetch
 from .images import ImageError, find_images, load_image
 from .modelfile import load
-from .outputs import OutputDir
+from .outputs import OutputDir, record_of
 from .runtime import prepare
 from .surgery import FCN
 
@@ -49,10 +49,12 @@ def require_ray():
     return ray
 
 
-def image_paths(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+def image_paths(inputs: str | os.PathLike | Iterable[str | os.PathLike],
+                exclude: Iterable[str | os.PathLike] = ()) -> list[Path]:
     """Expand a dataset of image paths: folders (recursively, as the local CLI does), list
     files (``.txt``/``.lst``/``.list``: one path per line, ``#`` comments, relative to the
     list's folder), glob patterns (``photos/**/*.jpg``, quoted from the shell), plain files.
+    Folders skip anything under ``exclude`` (the output folder), as the local CLI's do.
 
     Raises:
         ValueError: a glob pattern that matches no file.
@@ -64,14 +66,14 @@ def image_paths(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list
         p = Path(item)
         if p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
             lines = (s.strip() for s in p.read_text().splitlines())
-            out += image_paths([p.parent / s for s in lines if s and not s.startswith("#")])
+            out += image_paths([p.parent / s for s in lines if s and not s.startswith("#")], exclude)
         elif not p.exists() and glob.has_magic(str(item)):
             matches = sorted(m for m in glob.glob(str(item), recursive=True) if Path(m).is_file())
             if not matches:
                 raise ValueError(f"{item}: no file matches this pattern")
             out += map(Path, matches)
         else:
-            out += find_images([p])
+            out += find_images([p], exclude=exclude)
     return out
 
 
@@ -100,25 +102,20 @@ class Explainer:
         options: keyword arguments of :func:`fcn_cam.explain_files` (scale, top_k, …).
     """
 
-    def __init__(self, model: FCN | str | os.PathLike, output_dir: str | None,
+    def __init__(self, model: FCN | str | os.PathLike, output_dir: str | None, cwd: str,
                  runtime: Mapping[str, Any], output: Mapping[str, Any], options: Mapping[str, Any]) -> None:
         fcn = model if isinstance(model, FCN) else load(model)
         self.fcn = prepare(fcn, **{"copy": False, **runtime})  # this copy is the actor's own
-        self.options = dict(options)
-        self.out = None
-        if output_dir is not None:
-            # The driver already created the folder (and with overwrite, reset the JSONL);
-            # an actor must not reset it again under the others.
-            overwrite = bool(output.get("overwrite", False))
-            self.out = OutputDir(output_dir, **{**output, "overwrite": False})
-            self.out.overwrite = overwrite
+        self.options, self.cwd = dict(options), cwd
+        # Several processes may write into one OutputDir: its commits are locked (flock).
+        self.out = OutputDir(output_dir, **output) if output_dir is not None else None
 
     def _write(self, r: Result) -> Result:
         """What ``fcn-cam explain`` does with each result: write it, keep only the record."""
         if r.error is None:
             try:
-                r.record = self.out.write(r.explanation, r.image) if self.out else r.explanation.record()
-            except OSError as e:  # FileExistsError included: this image fails, the rest go on
+                r.record = record_of(self.out, r.explanation, r.image)
+            except (OSError, ValueError) as e:  # already done, non-finite, disk: this image only
                 r.error = str(e)
         r.image = r.explanation = None
         return r
@@ -138,6 +135,15 @@ class Explainer:
             return Image.fromarray(np.asarray(pixels))
 
         done: list[Result] = []
+        with _cwd(self.cwd):  # names (and record keys) are paths as the driver gave them
+            self._run(names, lookup, done)
+        return {
+            "path": [str(r.path) for r in done],
+            "record": [json.dumps(r.record) if r.error is None else "" for r in done],
+            "error": [r.error or "" for r in done],
+        }
+
+    def _run(self, names: list[Path], lookup, done: list[Result]) -> None:
         try:
             done += self._explain(names, lookup)
         except Exception:
@@ -147,11 +153,17 @@ class Explainer:
                     done += self._explain([name], lookup)
                 except Exception as e:
                     done.append(Result(name, error=f"{name}: {type(e).__name__}: {e}"))
-        return {
-            "path": [str(r.path) for r in done],
-            "record": [json.dumps(r.record) if r.error is None else "" for r in done],
-            "error": [r.error or "" for r in done],
-        }
+
+
+@contextmanager
+def _cwd(path: str) -> Iterator[None]:
+    """Work in the driver's folder (every node sees it on the shared filesystem); restored after."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
 
 
 def explain_dataset(
@@ -206,8 +218,8 @@ def explain_dataset(
     output = dict(output or {})
     root = None
     if output_dir is not None:
-        OutputDir(output_dir, **output)  # create it, and reset it with overwrite, once
-        root = str(Path(output_dir).resolve())
+        with OutputDir(output_dir, **output):  # usable? (one clear error here, not in every actor)
+            root = str(Path(output_dir).resolve())
     # Arguments are checked above, now; Ray starts when the first result is asked for.
     return _run(ray, address, model, paths, root, actors, num_cpus, num_gpus, decode_cpus,
                 dict(runtime or {}), output, options)
@@ -281,8 +293,9 @@ def _stream(ray, model, paths, root, actors, num_cpus, num_gpus, decode_cpus, ru
     ds = ds.map_batches(
         Explainer, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=num_cpus, num_gpus=num_gpus,
-        fn_constructor_kwargs={"model": model if isinstance(model, FCN) else str(model), "output_dir": root,
-                               "runtime": runtime, "output": output, "options": options},
+        fn_constructor_kwargs={"model": model if isinstance(model, FCN) else str(Path(model).resolve()),
+                               "output_dir": root, "cwd": os.getcwd(), "runtime": runtime, "output": output,
+                               "options": options},
     )
     for row in ds.iter_rows():
         error = row["error"] or None

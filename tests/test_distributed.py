@@ -118,9 +118,26 @@ def test_image_paths(dataset, tmp_path):
         distributed.image_paths([root / "*.tiff"])
 
 
-def test_missing_ray_is_a_clear_error(monkeypatch, small_model_file, tmp_path):
+def test_missing_ray_is_a_clear_error(monkeypatch, dataset, small_model_file):
+    _, good, _ = dataset
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ImportError, match=r"pip install 'fcn-cam\[ray\]'"):
-        distributed.explain_dataset(small_model_file, tmp_path)
-    r = runner.invoke(app, ["explain", "--model", str(small_model_file), str(tmp_path), "--ray", "local"])
+        distributed.explain_dataset(small_model_file, good[:1])
+    r = runner.invoke(app, ["explain", "--model", str(small_model_file), str(good[0]), "--ray", "local"])
     assert r.exit_code == 2 and "fcn-cam[ray]" in r.output
+
+
+def test_relative_paths_give_the_local_records(local_ray, dataset, small_model_file, tmp_path, monkeypatch):
+    """Records are keyed by the image's real path: the actors resolve relative paths from
+    the driver's folder, as the local CLI does."""
+    root, good, _ = dataset
+    monkeypatch.chdir(root)
+    rel = [str(p.relative_to(root)) for p in good[:6]]
+    args = ["explain", "--model", str(small_model_file), *rel]
+    local = runner.invoke(app, [*args, "-o", str(tmp_path / "local")])
+    dist = runner.invoke(app, [*args, "-o", str(tmp_path / "ray"), "--ray", "auto"])
+    assert local.exit_code == 0 and dist.exit_code == 0, dist.output
+    assert records(tmp_path / "ray") == records(tmp_path / "local")
+    assert sorted(records(tmp_path / "ray")) == sorted(rel)
+    again = runner.invoke(app, [*args, "-o", str(tmp_path / "ray"), "--ray", "auto"])  # resume: all done
+    assert again.exit_code == 0 and "skipped 6 of 6 images already done" in again.output

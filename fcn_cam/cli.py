@@ -73,31 +73,111 @@ def open_model(model: str, weights: str, output_stride: int | None, device: str 
     return fcn
 
 
+def _floats(text: str | None, name: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(
+            f"--{name} {text!r}: expected three comma-separated numbers, e.g. 0.485,0.456,0.406"
+        ) from None
+    if len(values) != 3:
+        raise ValueError(f"--{name} {text!r}: expected three values (R, G, B), got {len(values)}")
+    return values
+
+
+def _size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        parts = [int(v) for v in text.lower().replace("x", ",").split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2):
+        raise ValueError(f"--input-size {text!r}: expected N or HxW, e.g. 224 or 224x224")
+    return (parts[0], parts[-1])
+
+
+def _normalization(mean: str | None, std: str | None, scale_01: bool) -> dict:
+    if scale_01 and (mean or std):
+        raise ValueError("--scale-01 means mean 0 and std 1; do not combine it with --mean/--std")
+    if scale_01:
+        return {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+    out = {}
+    if mean is not None:
+        out["mean"] = _floats(mean, "mean")
+    if std is not None:
+        out["std"] = _floats(std, "std")
+    return out
+
+
 @app.command()
 def convert(
-    arch: Annotated[str, typer.Argument(help=f"One of: {', '.join(zoo.NAMES)}.")],
+    arch: Annotated[str, typer.Argument(
+        help=f"One of: {', '.join(zoo.NAMES)}; or an ONNX file (model.onnx).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Model file to write.")],
     weights: Annotated[str, typer.Option(
         help="torchvision weights name (DEFAULT, IMAGENET1K_V1, …), a local state-dict "
         "file in torchvision's layout, or 'random'.")] = "DEFAULT",
     output_stride: Annotated[int | None, typer.Option(
         help="Score-map stride in input pixels (32 native; 16 or 8 by dilation).")] = None,
+    input_size: Annotated[str | None, typer.Option(
+        help="ONNX: the size the model was trained at (N or HxW), when the graph leaves it free.")] = None,
+    mean: Annotated[str | None, typer.Option(
+        help="ONNX: per-channel mean of [0, 1] RGB pixels the model expects (default ImageNet's).")] = None,
+    std: Annotated[str | None, typer.Option(
+        help="ONNX: per-channel std (default ImageNet's).")] = None,
+    scale_01: Annotated[bool, typer.Option(
+        "--scale-01",
+        help="ONNX: the model takes [0, 1] pixels as they are (Keras models rescaled by 1/255).")] = False,
+    flatten_order: Annotated[str | None, typer.Option(
+        help="ONNX: assert the order the graph flattens its features in (chw, hwc, whc, …); read from "
+        "the graph's Transpose.")] = None,
+    model_output: Annotated[str | None, typer.Option(
+        help="ONNX: the graph output holding the class scores (name or index), if there are several.")] = None,
+    keep_softmax: Annotated[bool, typer.Option(
+        help="Keep a final Softmax as a softmax over the class maps (default: dropped, maps are "
+        "logits).")] = False,
+    classes: Annotated[Path | None, typer.Option(
+        help="ONNX: a text file with one class name per line.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     device: Annotated[str, typer.Option(help="Convert and check on: auto, cpu, cuda, cuda:N, mps.")] = "cpu",
 ) -> None:
-    """Build a torchvision classifier, convert its head to convolutions, check it, save it."""
+    """Convert a torchvision classifier or an ONNX file, check it against the original, save it."""
     if output.exists() and not overwrite:
         raise fail(f"{output}: already exists (pass --overwrite)")
+    onnx_file = arch.lower().endswith(".onnx")
+    if not onnx_file and any(v not in (None, False) for v in (
+            input_size, mean, std, scale_01, flatten_order, model_output, classes, keep_softmax)):
+        raise fail("--input-size, --mean, --std, --scale-01, --flatten-order, --model-output, "
+                   "--keep-softmax and --classes apply to ONNX files; torchvision models carry their own")
     try:
-        fcn = zoo.load_arch(arch, weights, output_stride=output_stride, device=device)
+        if onnx_file:
+            from .importers.onnx import convert_onnx
+
+            names = None
+            if classes is not None:
+                names = [line.strip() for line in classes.read_text().splitlines() if line.strip()]
+            selected = int(model_output) if model_output is not None and model_output.lstrip("-").isdigit() \
+                else model_output
+            fcn = convert_onnx(
+                arch, _size(input_size), class_names=names, flatten_order=flatten_order,
+                output=selected, keep_softmax=keep_softmax, output_stride=output_stride,
+                **_normalization(mean, std, scale_01),
+            )
+        else:
+            fcn = zoo.load_arch(arch, weights, output_stride=output_stride, device=device)
         save(fcn, output, overwrite=overwrite)
-    except EXPECTED as e:
+    except (*EXPECTED, OSError) as e:
         raise fail(str(e)) from None
     ex = fcn.info["exactness"]
+    dropped = f", dropped {', '.join(fcn.info['dropped'])}" if fcn.info.get("dropped") else ""
     typer.echo(
-        f"wrote {output}: {arch} ({fcn.info['weights']} weights), {fcn.info['head']} head, "
-        f"output stride {fcn.info['output_stride']}; logits reproduced to "
-        f"{ex['max_abs_diff']:.2g} ({ex['rel_diff']:.2g} relative), same top-1: {ex['top1_agree']}"
+        f"wrote {output}: {fcn.info['arch']} ({fcn.info['weights']} weights), {fcn.info['head']} head, "
+        f"flatten order {fcn.info['flatten_order']}, output stride {fcn.info['output_stride']}{dropped}; "
+        f"logits reproduced to {ex['max_abs_diff']:.2g} ({ex['rel_diff']:.2g} relative), "
+        f"same top-1: {ex['top1_agree']}"
     )
 
 
@@ -255,7 +335,7 @@ def explain(
         settings = Settings.make(fcn, scale=scale or DEFAULT_SCALE, maps=maps, pad=pad, clamp=clamp,
                                  target=class_, top_k=top_k, box_fraction=box_fraction, rank=rank)
         scales = list(settings.scales)
-        k = fcn.head[-1].out_channels
+        k = fcn.num_classes
         if top_k > k:
             typer.echo(f"note: --top-k {top_k} is more than the model's {k} classes; explaining all {k}",
                        err=True)

@@ -103,7 +103,7 @@ class Explanation:
 def resolve_class(fcn: FCN, target: int | str) -> int:
     """A class index from an index or a (case-insensitive) class name."""
     names = fcn.class_names or []
-    k = fcn.head[-1].out_channels
+    k = fcn.num_classes
     if isinstance(target, str) and target.strip().lstrip("-").isdigit() or isinstance(target, np.integer):
         target = int(target)
     if isinstance(target, int):

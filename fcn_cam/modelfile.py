@@ -22,7 +22,7 @@ from torch import nn
 
 from .files import write_atomic
 from .geometry import Geometry
-from .surgery import FCN, ConversionError, convert, set_output_stride
+from .surgery import FCN, ChannelSoftmax, ConversionError, convert, set_output_stride
 from .zoo import ARCHS
 
 FORMAT, VERSION = "fcn-cam", 1
@@ -42,6 +42,21 @@ LAYERS: dict[type[nn.Module], tuple[str, ...]] = {
     nn.Hardtanh: ("min_val", "max_val", "inplace"),
     nn.Tanh: (),
     nn.Sigmoid: (),
+    nn.PReLU: ("num_parameters",),
+    nn.ReLU6: ("inplace",),
+    nn.SELU: ("inplace",),
+    nn.CELU: ("alpha", "inplace"),
+    nn.Hardswish: ("inplace",),
+    nn.Hardsigmoid: ("inplace",),
+    nn.Mish: ("inplace",),
+    nn.Softplus: ("beta", "threshold"),
+    nn.Softsign: (),
+    nn.Tanhshrink: (),
+    nn.ZeroPad2d: ("padding",),
+    nn.ConstantPad2d: ("padding", "value"),
+    nn.ReflectionPad2d: ("padding",),
+    nn.ReplicationPad2d: ("padding",),
+    ChannelSoftmax: ("log",),
     nn.Dropout: ("p",),
     nn.Dropout2d: ("p",),
     nn.Identity: (),
@@ -84,9 +99,25 @@ def _module(spec: dict) -> nn.Module:
     return cls(**args)
 
 
+def _rebuilds(spec: dict, module: nn.Module) -> None:
+    """Raise at save time if the spec would not load back into the same layers."""
+    again = _module(spec)
+    for (name, a), (_, b) in zip(module.named_modules(), again.named_modules()):
+        same = type(a) is type(b) and all(
+            _plain(getattr(a, k)) == _plain(getattr(b, k)) for k in LAYERS.get(type(a), ()))
+        if not same:
+            raise ModelFileError(f"cannot save: layer {name or type(a).__name__} would not load back the same")
+    missing = set(module.state_dict()) ^ set(again.state_dict())
+    if missing:
+        raise ModelFileError(f"cannot save: tensors {sorted(missing)[:5]} would not load back")
+
+
 def _architecture(fcn: FCN) -> dict:
     try:
-        return {"kind": "layers", "features": _spec(fcn.features), "head": _spec(fcn.head)}
+        arch = {"kind": "layers", "features": _spec(fcn.features), "head": _spec(fcn.head)}
+        _rebuilds(arch["features"], fcn.features)
+        _rebuilds(arch["head"], fcn.head)
+        return arch
     except _NotPlain as e:
         arch = fcn.info.get("arch")
         if arch in ARCHS and arch.startswith("resnet"):

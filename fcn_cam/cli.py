@@ -29,7 +29,7 @@ from .explain import (
     sides,
 )
 from .files import dumps_strict
-from .geometry import cover_padding, layer_params, spatial_layers
+from .geometry import cover_padding, layer_padding, layer_params, spatial_layers
 from .images import check_file, find_images, input_shape
 from .modelfile import ModelFileError, load, read, save, validate
 from .outputs import AlreadyDone, OutputDir, OutputError, is_output_name, record_of
@@ -189,9 +189,10 @@ def activation_bytes(fcn: FCN, height: int, width: int) -> int:
     size, channels = [height, width], 3
     peak = channels * height * width
     for layer in spatial_layers(fcn):
-        k, s, p, d = layer_params(layer)
+        k, s, d = layer_params(layer)
+        p = [sum(pair) for pair in layer_padding(layer)]  # total padding per axis
         rnd = math.ceil if getattr(layer, "ceil_mode", False) else math.floor
-        new = [rnd((size[a] + 2 * p[a] - d[a] * (k[a] - 1) - 1) / s[a]) + 1 for a in (0, 1)]
+        new = [rnd((size[a] + p[a] - d[a] * (k[a] - 1) - 1) / s[a]) + 1 for a in (0, 1)]
         if min(new) <= 0:
             break
         c = layer.out_channels if isinstance(layer, torch.nn.Conv2d) else channels

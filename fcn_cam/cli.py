@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +15,7 @@ import torch
 import typer
 from PIL import Image
 
-from . import zoo
+from . import distributed, zoo
 from .explain import (
     DEFAULT_CLAMP,
     DEFAULT_MAPS,
@@ -31,7 +32,7 @@ from .files import dumps_strict
 from .geometry import cover_padding, layer_padding, layer_params, spatial_layers
 from .images import check_file, find_images, input_shape
 from .modelfile import ModelFileError, load, read, save, validate
-from .outputs import AlreadyDone, OutputDir, OutputError, check_finite, is_output_name
+from .outputs import AlreadyDone, OutputDir, OutputError, is_output_name, record_of
 from .render import check_colormap
 from .runtime import prepare, resolve_device
 from .surgery import FCN, ConversionError
@@ -49,6 +50,14 @@ EXPECTED = (ModelFileError, zoo.WeightsError, ConversionError, ValueError, FileE
 def fail(message: str, code: int = 2) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+def ray_guarded(results: Iterator[Result]) -> Iterator[Result]:
+    """A Ray run that fails as a whole (not one image) ends the command with one line."""
+    try:
+        yield from results
+    except distributed.RayRunError as e:
+        raise fail(str(e), 1) from None
 
 
 def open_model(model: str, weights: str, output_stride: int | None, device: str = "cpu") -> FCN:
@@ -248,7 +257,8 @@ def model_identity(model: str, weights: str, output_stride: int | None) -> dict:
 
 # explain options that do not change what is written (everything else is part of the key)
 NOT_IN_KEY = frozenset({"images", "output_dir", "overwrite", "batch_size", "channels_last", "max_memory",
-                        "model", "weights", "output_stride", "device", "no_pad"})
+                        "model", "weights", "output_stride", "device", "no_pad", "ray", "ray_actors",
+                        "ray_gpus"})
 
 
 @app.command()
@@ -293,6 +303,14 @@ def explain(
         "and the input size) exceeds this: e.g. 4G, 512M, or none. Default: 3/4 of the RAM.")] = "auto",
     overwrite: Annotated[bool, typer.Option(
         help="Redo the given images, replacing their records and files (others are kept).")] = False,
+    ray: Annotated[str | None, typer.Option(
+        metavar="ADDRESS",
+        help="Run on Ray (pip install 'fcn-cam\\[ray]'): 'local' starts a Ray instance on this machine, "
+        "'auto' joins the cluster running here, HOST:6379 or ray://HOST:10001 a remote one. IMAGES "
+        "may then also be list files (.txt) and quoted globs.")] = None,
+    ray_actors: Annotated[int | None, typer.Option(
+        help="With --ray: model actors (default: one per 4 CPUs of the cluster, at most).", min=1)] = None,
+    ray_gpus: Annotated[float, typer.Option(help="With --ray: GPUs per model actor.", min=0)] = 0,
 ) -> None:
     """Explain images: one forward pass per image and scale gives every class's map.
 
@@ -310,8 +328,9 @@ def explain(
         budget = default_memory() if max_memory == "auto" else parse_bytes(max_memory)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            fcn = prepare(open_model(model, weights, output_stride, device), precision, device, channels_last,
-                          copy=False)
+            fcn = open_model(model, weights, output_stride, "cpu" if ray is not None else device)
+            if ray is None:  # with --ray each actor prepares its own copy, on its own device
+                fcn = prepare(fcn, precision, device, channels_last, copy=False)
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
         settings = Settings.make(fcn, scale=scale or DEFAULT_SCALE, maps=maps, pad=pad, clamp=clamp,
@@ -338,7 +357,11 @@ def explain(
     if out and out.cleaned:
         typer.echo(f"note: removed {len(out.cleaned)} temporary files left by an interrupted run in "
                    f"{output_dir}", err=True)
-    paths = list(find_images(images, exclude=[output_dir] if output_dir else []))
+    try:
+        expand = distributed.image_paths if ray is not None else find_images
+        paths = list(expand(images, exclude=[output_dir] if output_dir else []))
+    except ValueError as e:
+        raise fail(str(e)) from None
     if out:
         root = os.path.realpath(out.root)
         ours = [p for p in paths if os.path.realpath(p.parent) == root and is_output_name(p.name)]
@@ -366,21 +389,27 @@ def explain(
         typer.echo(f"skipped {stats['skipped']} of {n} images already done in {output_dir} "
                    "(--overwrite redoes them)", err=True)
     progress = sys.stderr.isatty()
-    results = explain_files(
-        fcn, todo, scale=scales, maps=maps, target=class_, top_k=top_k,
-        box_fraction=box_fraction, batch_size=batch_size, rank=rank, pad=pad, clamp=clamp,
-    )
+    options = {"scale": scales, "maps": maps, "target": class_, "top_k": top_k, "box_fraction": box_fraction,
+               "batch_size": batch_size, "rank": rank, "pad": pad, "clamp": clamp}
+    if ray is None or not todo:  # (nothing left to do: no need to start Ray)
+        results = explain_files(fcn, todo, **options)
+    else:  # the same explanation over a Ray cluster: actors write through the same OutputDir
+        writing = {"overwrite": overwrite, "request": params, "colormap": colormap, "alpha": alpha,
+                   "protect": out.protect} if out else {}
+        try:
+            results = ray_guarded(distributed.explain_dataset(
+                fcn, todo, output_dir if out else None, address=ray, actors=ray_actors, num_gpus=ray_gpus,
+                runtime={"precision": precision, "device": device, "channels_last": channels_last},
+                output=writing, **options))
+        except ImportError as e:
+            raise fail(str(e)) from None
 
     def finish(r: Result) -> Result:
         """Render, write and print one result (in a writer thread, overlapping the next
         forward); a result is counted and printed only here, so nothing written goes unsaid."""
-        if r.error is None:
+        if r.error is None and r.record is None:  # (with --ray an actor has written it)
             try:
-                if out:
-                    r.record = out.write(r.explanation, r.image)
-                else:
-                    check_finite(r.explanation)
-                    r.record = r.explanation.record()
+                r.record = record_of(out, r.explanation, r.image)
             except AlreadyDone as e:
                 stats["skipped"] += 1
                 typer.echo(f"skipped: {e}", err=True)

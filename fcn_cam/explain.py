@@ -18,7 +18,7 @@ import difflib
 import math
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -393,19 +393,22 @@ def explain_files(
     rank: str = "auto",
     pad: str | bool = DEFAULT_PAD,
     clamp: bool = DEFAULT_CLAMP,
+    load: Callable[[Path], Image.Image] = load_image,
 ) -> Iterator[Result]:
     """Explain many files, in order; a file that fails yields a :class:`Result` with the error.
 
     Takes :func:`explain`'s keyword arguments. Decoding and resizing run in a thread pool
     ahead of the network; consecutive images whose inputs have the same shape are batched
-    (others run alone — padding would change the border cells).
+    (others run alone — padding would change the border cells). ``load`` opens one path
+    (raising :class:`ImageError`); callers that decoded elsewhere, like
+    :mod:`fcn_cam.distributed`, pass a lookup instead.
     """
     s = Settings.make(fcn, scale=scale, maps=maps, pad=pad, clamp=clamp, target=target, top_k=top_k,
                       box_fraction=box_fraction, rank=rank)  # fails once, before any work
 
     def prepare(path: Path) -> tuple[Path, Image.Image | None, list[NetInput] | None, str | None]:
         try:
-            img = load_image(path)
+            img = load(path)
             return path, img, s.inputs(fcn, img), None
         except ImageError as e:
             return path, None, None, str(e)

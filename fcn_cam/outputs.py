@@ -98,6 +98,14 @@ def check_finite(exp: Explanation) -> None:
                              f"for {which}; nothing written for it")
 
 
+def record_of(out: OutputDir | None, exp: Explanation, image: Image.Image) -> dict:
+    """One image's record: written through ``out``, or without a folder only checked (finite)."""
+    if out is not None:
+        return out.write(exp, image)
+    check_finite(exp)
+    return exp.record()
+
+
 class OutputDir:
     """Records and files of explanations in one folder (module docstring: the guarantees).
 

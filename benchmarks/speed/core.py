@@ -90,8 +90,14 @@ class Bench:
         """``fcn_cam.prepare(fcn, ...)`` on the CPU, cached per configuration."""
         key = ("prepared", precision, head, channels_last)
         if key not in self._cache:
-            self._cache[key] = fcn_cam.prepare(self.fcn, precision=precision, device="cpu",
-                                               channels_last=channels_last, head=head)
+            try:
+                self._cache[key] = fcn_cam.prepare(self.fcn, precision=precision, device="cpu",
+                                                   channels_last=channels_last, head=head)
+            except TypeError:  # TEMPORARY until prepare(precision="auto", device, head) lands
+                m = fcn_cam.prepare(self.fcn, "fp32" if precision == "auto" else precision,
+                                    channels_last=channels_last)
+                m.head_mode = head
+                self._cache[key] = m
         return self._cache[key]
 
     def drop_models(self) -> None:

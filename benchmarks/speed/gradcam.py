@@ -13,9 +13,10 @@ from torch.nn import functional as F
 
 import fcn_cam
 from benchmarks.common import table
+from fcn_cam.explain import DEFAULT_PAD, network_input
 from fcn_cam.images import to_input
 
-from .core import Bench, interleaved, ms
+from .core import Bench, interleaved, ms, side_str
 
 TARGET_LAYER = "features.29"  # VGG16's last conv block output (after ReLU), torchcam's usual choice
 
@@ -48,9 +49,9 @@ def run(b: Bench) -> None:
     labels = {
         "gc": "torchcam Grad-CAM, 1 class",
         "gc_cl": "torchcam Grad-CAM, 1 class, channels-last VGG16",
-        "scores": "fcn_cam.explain, score maps (all classes), defaults",
+        "scores": f"fcn_cam.explain, score maps (all classes), pad='{DEFAULT_PAD}' (default)",
         "scores_nopad": "fcn_cam.explain, score maps, pad='none'",
-        "cells": "fcn_cam.explain, cell maps (top class), defaults",
+        "cells": f"fcn_cam.explain, cell maps (top class), pad='{DEFAULT_PAD}' (default)",
     }
     rows, raw = [], []
     for side in b.cfg.sides:
@@ -65,18 +66,16 @@ def run(b: Bench) -> None:
                 "cells": lambda s=s: fcn_cam.explain(m, img, scale=s, maps="cells"),
             }
             t = interleaved(fns, b.cfg.repeats if side == 224 else b.cfg.repeats_large)
-        e = {k: fcn_cam.explain(m, img, scale=s, **kw) for k, kw in
-             (("scores", {}), ("scores_nopad", {"pad": "none"}), ("cells", {"maps": "cells"}))}
+        inputs = {"scores": network_input(b.fcn, img, side, DEFAULT_PAD, "scores"),
+                  "scores_nopad": network_input(b.fcn, img, side, "none", "scores"),
+                  "cells": network_input(b.fcn, img, side, DEFAULT_PAD, "cells")}
         gc_ms = ms(t["gc"])
         d = {"side": side, "scale": s, "grad_cam_ms": gc_ms, "runs": len(t["gc"])}
         for k, lab in labels.items():
             d[f"{k}_ms"] = ms(t[k])
-            shape = None
-            if k in e:  # the padded network input the net actually saw
-                h, w = e[k].input_shapes[0]
-                (top, left), (mh, mw) = e[k].pads[0], e[k].map_shapes[0]
-                shape = f"{h}×{w} + pad {top}/{left} → map {mh}×{mw}"
-            rows.append([side, lab, shape or f"{side}×{side}", ms(t[k]), f"{ms(t[k]) / gc_ms:.2f}×"])
+            shape = side_str(inputs[k].x.shape[-2:]) if k in inputs else f"{side}×{side}"
+            d[f"{k}_input"] = shape
+            rows.append([side, lab, shape, ms(t[k]), f"{ms(t[k]) / gc_ms:.2f}×"])
         raw.append(d)
         print("  " + f"{side}: " + ", ".join(f"{k} {d[f'{k}_ms']:.0f} ms" for k in labels), flush=True)
     b.res["vs_gradcam"] = raw

@@ -227,7 +227,7 @@ class Settings:
 def _choose(fcn: FCN, scores: Sequence[torch.Tensor], s: Settings) -> tuple[torch.Tensor, torch.Tensor]:
     """Class scores ``[B, K]`` (a spatial statistic, averaged over scales) and the classes
     to explain ``[B, T]``."""
-    mean = torch.stack([class_scores(m.float(), s.rank) for m in scores]).mean(0)
+    mean = torch.stack([class_scores(m.detach().float(), s.rank) for m in scores]).mean(0)
     if s.target is not None:
         return mean, torch.full((len(mean), 1), s.target, dtype=torch.long, device=mean.device)
     return mean, mean.topk(min(s.top_k, mean.shape[1]), dim=1).indices

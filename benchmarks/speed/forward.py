@@ -116,34 +116,34 @@ def run(b: Bench) -> None:
              f"{len(t[next(iter(t))])} interleaved runs")
     del vgg_cl
 
-    # 448: share of the matmul rate
+    # 448: share of the matmul rate (bf16 at cfg.bf16_side: 448, or 224 in a smoke run)
     x = batch(b, 448)
-    n_mac = macs(b.fcn, tuple(x.shape))
+    x16 = batch(b, cfg.bf16_side)
     t32 = interleaved({"fp32": forward_fn(b.model("fp32"), x)}, cfg.repeats_large)["fp32"]
     m16, warned = prepare_quietly(b, "bf16")
-    t16 = timeboxed(forward_fn(m16, x), cfg.repeats_large, cfg.bf16_budget_s)
+    t16 = timeboxed(forward_fn(m16, x16), cfg.repeats_large, cfg.bf16_budget_s)
     rows448, raw448 = [], {}
-    for p, ts in (("fp32", t32), ("bf16", t16)):
+    for p, ts, xi in (("fp32", t32, x), ("bf16", t16, x16)):
+        n_mac = macs(b.fcn, tuple(xi.shape))
         rate = gflops(n_mac, median(ts))
-        raw448[p] = {"ms": ms(ts), "runs": len(ts), "gflops": rate, "of_peak": rate / b.peak[p],
-                     "of_fp32_peak": rate / b.peak["fp32"]}
-        rows448.append([f"{p} (prepare, channels-last, GEMM head)", n_mac / 1e9, ms(ts), len(ts), rate,
-                        f"{b.peak[p]:.3g}", f"{100 * rate / b.peak[p]:.0f} %",
-                        f"{100 * rate / b.peak['fp32']:.0f} %"])
-        print(f"  448 {p}: {ms(ts):.0f} ms, {rate:.1f} GFLOP/s = {100 * rate / b.peak[p]:.0f} % of {p} matmul",
-              flush=True)
+        raw448[p] = {"side": xi.shape[-1], "gmac": n_mac / 1e9, "ms": ms(ts), "runs": len(ts), "gflops": rate,
+                     "of_peak": rate / b.peak[p], "of_fp32_peak": rate / b.peak["fp32"]}
+        rows448.append([f"{p} (prepare, channels-last, GEMM head)", f"{xi.shape[-1]}²", n_mac / 1e9, ms(ts),
+                        len(ts) if len(ts) > 1 else "1 (cold)", rate, f"{b.peak[p]:.3g}",
+                        f"{100 * rate / b.peak[p]:.0f} %", f"{100 * rate / b.peak['fp32']:.0f} %"])
+        print(f"  {xi.shape[-1]} {p}: {ms(ts):.0f} ms, {rate:.1f} GFLOP/s = {100 * rate / b.peak[p]:.0f} % of "
+              f"{p} matmul", flush=True)
     raw448["bf16"]["prepare_warnings"] = warned
     b.res["forward_448"] = raw448
     of32, of16 = raw448["fp32"]["of_peak"], raw448["bf16"]["of_peak"]
     b.target("VGG16 forward at 448 ≥ 75 % of the fp32 matmul rate", f"{100 * of32:.0f} %", of32 >= 0.75,
              f"{raw448['fp32']['gflops']:.1f} of {b.peak['fp32']:.1f} GFLOP/s")
     no_units = b.peak["bf16"] < 0.5 * b.peak["fp32"]
-    speed16 = raw448["fp32"]["ms"] / raw448["bf16"]["ms"]
-    b.target("VGG16 forward at 448 ≥ 60 % of the bf16 matmul rate", f"{100 * of16:.0f} %", of16 >= 0.60,
-             f"{raw448['bf16']['gflops']:.2f} of {b.peak['bf16']:.2f} GFLOP/s"
-             + ("; no bf16 units: the bf16 matmul rate is no ceiling here (the convolutions convert to "
-                f"fp32 inside oneDNN), and the bf16 forward is {speed16:.2f}× "
-                "the fp32 speed" if no_units else ""))
+    speed16 = raw448["bf16"]["gflops"] / raw448["fp32"]["gflops"]
+    b.target(f"VGG16 forward at {cfg.bf16_side} ≥ 60 % of the bf16 matmul rate", f"{100 * of16:.0f} %",
+             of16 >= 0.60, f"{raw448['bf16']['gflops']:.2f} of {b.peak['bf16']:.2f} GFLOP/s"
+             + ("; no bf16 units: the bf16 matmul rate is no ceiling here, and the bf16 forward runs at "
+                f"{speed16:.2f}× the fp32 forward's GFLOP/s" if no_units else ""))
 
     b.md += [
         "Forward only (the network on a ready tensor in its dtype and memory format), the 224×224 test "
@@ -153,9 +153,10 @@ def run(b: Bench) -> None:
         table(["224×224 input", "ms", "× original", "max |Δ| logits"], rows),
         "",
         "At 448×448 (8×8 score map), GFLOP/s = 2·MACs / time, MACs counted from the layers; compared with "
-        "the best `torch.mm` rate of the same precision (Machine section) and with the fp32 rate:",
+        "the best `torch.mm` rate of the same precision (Machine section) and with the fp32 rate. bf16 is "
+        "time-boxed: a call that takes over half the budget is timed once, cold.",
         "",
-        table(["448×448 input", "GMAC", "ms", "timed runs", "GFLOP/s", "matmul rate", "% of same-precision "
+        table(["forward", "input", "GMAC", "ms", "timed runs", "GFLOP/s", "matmul rate", "% of same-precision "
                "matmul", "% of fp32 matmul"], rows448),
     ]
     if warned:

@@ -75,7 +75,7 @@ def worker(spec: dict) -> dict:
         out["seconds"] = time.perf_counter() - t0
         out["fcn_mb"] = sum(p.numel() * p.element_size() for p in fcn.parameters()) / MB
     else:
-        fcn = fcn_cam.prepare(fcn_cam.load(spec["model"]), device="cpu")
+        fcn = fcn_cam.prepare(fcn_cam.load(spec["model"]), device="cpu", copy=False)  # as the CLI does
         out["model_mb"] = sum(p.numel() * p.element_size() for p in fcn.parameters()) / MB
         out["precision"] = fcn.info.get("precision")
         out["rss_before"] = rss_mb()

@@ -18,11 +18,11 @@ from . import __doc__ as DOC
 from . import cells, forward, gradcam, head, machine, memory, padding, precision, ray_data, sweep
 from .core import RESULTS, Bench, Config
 
-# run order: machine first (the matmul rates every ratio uses), memory last (subprocesses)
+# run order: machine first (the matmul rates every ratio uses), then the sections with targets
 SECTIONS = {
-    "machine": machine.run, "forward": forward.run, "head": head.run, "gradcam": gradcam.run,
-    "sweep": sweep.run, "cells": cells.run, "precision": precision.run, "padding": padding.run,
-    "memory": memory.run, "ray": ray_data.run,
+    "machine": machine.run, "forward": forward.run, "memory": memory.run, "gradcam": gradcam.run,
+    "sweep": sweep.run, "precision": precision.run, "head": head.run, "cells": cells.run,
+    "padding": padding.run, "ray": ray_data.run,
 }
 
 
@@ -91,8 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     b = Bench(cfg, out)
     t_start = time.perf_counter()
     times, foreign, attempts = {}, {}, {}
+    cmd = "python -m benchmarks.speed" + "".join(" " + shlex.quote(a) for a in (argv or sys.argv[1:]))
     mon = ForeignLoad()
-    for name in [s for s in SECTIONS if s in only]:
+    todo = [s for s in SECTIONS if s in only]
+    for name in todo:
         for attempt in range(1, retries + 2):
             n_md, n_targets = len(b.md), len(b.targets)
             mon.start()
@@ -106,19 +108,26 @@ def main(argv: list[str] | None = None) -> None:
             del b.md[n_md:], b.targets[n_targets:]
             print(f"  {name} disturbed: waiting for an idle machine, then running it again", flush=True)
             wait_idle(3)
-    total = time.perf_counter() - t_start
-    cmd = "python -m benchmarks.speed" + "".join(" " + shlex.quote(a) for a in (argv or sys.argv[1:]))
+        # written after every section: an interrupted run still leaves what it measured
+        write(b, out, cmd, times, foreign, attempts, busy, time.perf_counter() - t_start,
+              [s for s in todo if s not in times])
+    print(f"\nwrote {out / 'speed.md'} and speed.json ({(time.perf_counter() - t_start) / 60:.1f} min)")
+    for t in b.targets:
+        print(f"  {'met' if t.met else 'MISSED' if t.met is False else 'n/a':>6}  {t.name}: {t.measured}")
+
+
+def write(b: Bench, out: Path, cmd: str, times: dict[str, float], foreign: dict[str, float],
+          attempts: dict[str, int], busy: list[str], total: float, pending: list[str]) -> None:
     when = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     b.res["run"] = {"command": cmd, "date": when, "machine": machine.describe(), "total_s": total,
                     "section_s": times, "foreign_load_cores": foreign, "attempts": attempts,
-                    "busy_processes_at_start": busy, "config": asdict(cfg),
+                    "busy_processes_at_start": busy, "config": asdict(b.cfg), "not_run_yet": pending,
                     "targets": [asdict(t) for t in b.targets]}
-    md = header(b, cmd, when, times, foreign, attempts, busy, total) + b.md
-    (out / "speed.md").write_text("\n".join(md) + "\n")
+    md = header(b, cmd, when, times, foreign, attempts, busy, total)
+    if pending:
+        md[2:2] = [f"**Partial: sections not run (yet): {', '.join(pending)}**  "]
+    (out / "speed.md").write_text("\n".join(md + b.md) + "\n")
     (out / "speed.json").write_text(json.dumps(b.res, indent=1, default=str) + "\n")
-    print(f"\nwrote {out / 'speed.md'} and speed.json ({total / 60:.1f} min)")
-    for t in b.targets:
-        print(f"  {'met' if t.met else 'MISSED' if t.met is False else 'n/a':>6}  {t.name}: {t.measured}")
 
 
 if __name__ == "__main__":

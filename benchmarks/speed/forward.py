@@ -97,7 +97,7 @@ def run(b: Bench) -> None:
     with torch.inference_mode():
         ref = b.vgg(x)
         delta = {k: float((fn().float().reshape(ref.shape) - ref).abs().max()) for k, fn in fns.items()}
-    t = interleaved(fns, max(cfg.repeats, 7) if not cfg.quick else 1)
+    t = interleaved(fns, cfg.repeats)
     base = ms(t["torchvision VGG16 (original, contiguous)"])
     rows, raw = [], []
     for k in fns:

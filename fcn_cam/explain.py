@@ -15,6 +15,7 @@ resampled onto the original image with cell values at their centres
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -28,7 +29,7 @@ import torch
 from PIL import Image
 
 from .geometry import Geometry, align, cell_centre, cover_padding
-from .images import ImageError, load_image, to_input
+from .images import ImageError, ImageLike, as_image, load_image, to_input
 from .maps import MAP_KINDS, cell_maps_of, forward, score_maps  # noqa: F401 (score_maps re-exported)
 from .metrics import threshold_box
 from .surgery import FCN
@@ -102,8 +103,8 @@ class Explanation:
 def resolve_class(fcn: FCN, target: int | str) -> int:
     """A class index from an index or a (case-insensitive) class name."""
     names = fcn.class_names or []
-    k = fcn.head[-1].out_channels
-    if isinstance(target, str) and target.strip().lstrip("-").isdigit():
+    k = fcn.num_classes
+    if isinstance(target, str) and target.strip().lstrip("-").isdigit() or isinstance(target, np.integer):
         target = int(target)
     if isinstance(target, int):
         if not 0 <= target < k:
@@ -136,8 +137,9 @@ def class_scores(maps: torch.Tensor, rank: str) -> torch.Tensor:
 
 def _scales(scale: Scales) -> list[float]:
     scales = [float(scale)] if isinstance(scale, int | float) else [float(s) for s in scale]
-    if not scales or any(s <= 0 for s in scales):
-        raise ValueError(f"scales must be positive, got {scales}")
+    if not scales or not all(math.isfinite(s) and s > 0 for s in scales):
+        got = ", ".join(f"{s:g}" for s in scales) or "none"
+        raise ValueError(f"scales must be finite and positive, got {got}")
     return scales
 
 
@@ -208,6 +210,7 @@ class Settings:
              pad: str | bool = DEFAULT_PAD, clamp: bool = DEFAULT_CLAMP,
              target: int | str | None = None, top_k: int = 1, box_fraction: float | None = None,
              rank: str = "auto", ranking_size: int = 5) -> Settings:
+        _check_request(fcn, target, top_k)
         maps = resolve_maps(maps)
         if box_fraction is None:
             box_fraction = BOX_FRACTION[maps]
@@ -300,17 +303,22 @@ def summarize_one(
     return exp
 
 
-def _as_image(image: Image.Image | np.ndarray | str | os.PathLike) -> tuple[Image.Image, str | None]:
-    if isinstance(image, Image.Image):
-        return image.convert("RGB"), None
-    if isinstance(image, np.ndarray):
-        return Image.fromarray(image).convert("RGB"), None
-    return load_image(image), str(image)
+def _as_image(image: ImageLike) -> tuple[Image.Image, str | None]:
+    """Every kind of input through one decoding path (:func:`fcn_cam.images.as_image`)."""
+    return as_image(image)
+
+
+def _check_request(fcn: FCN, target: int | str | None, top_k: int) -> None:
+    """Refuse a bad ``target``/``top_k`` up front, with the reason (not an IndexError later)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, int | np.integer | str)):
+        raise ValueError(f"target must be a class index (int) or a class name (str), got {target!r}")
 
 
 def explain(
     fcn: FCN,
-    image: Image.Image | np.ndarray | str | os.PathLike,
+    image: ImageLike,
     *,
     scale: Scales = DEFAULT_SCALE,
     maps: str = DEFAULT_MAPS,
@@ -325,7 +333,8 @@ def explain(
 
     Args:
         fcn: a converted model (:func:`fcn_cam.convert` or :func:`fcn_cam.load`).
-        image: a PIL image, an ``[H, W, 3]`` uint8 array or a path.
+        image: a path, a PIL image, a numpy array or a tensor (layout and range rule in
+            :mod:`fcn_cam.images`), decoded the same way whatever the kind.
         scale: the shorter side becomes ``scale × input_size``; several scales are fused
             by averaging their aligned heatmaps and their class scores.
         maps: ``"scores"`` — the window score maps ``S_c``; ``"cells"`` — the exact
@@ -339,9 +348,9 @@ def explain(
             cover the whole image), ``window`` or ``none`` (:func:`resolve_pad`).
         clamp: clamp the heatmap at 0 (negative evidence shown as none).
     """
-    img, name = _as_image(image)
     s = Settings.make(fcn, scale=scale, maps=maps, pad=pad, clamp=clamp, target=target, top_k=top_k,
                       box_fraction=box_fraction, rank=rank)
+    img, name = _as_image(image)
     return explain_inputs(fcn, [s.inputs(fcn, img)], [img.size], s, [name])[0]
 
 
@@ -410,6 +419,9 @@ def explain_files(
     group: list = []
     for path, img, xs, err in prefetch(prepare, (Path(p) for p in paths), workers):
         if err is not None:
+            if group:  # keep input order: earlier images first
+                yield from flush(group)
+                group = []
             yield Result(path, error=err)
             continue
         if group and ([i.x.shape for i in group[0][2]] != [i.x.shape for i in xs]

@@ -20,7 +20,10 @@ from torch import nn
 # Children that run beside the main path (ResNet's 1x1 projection); their geometry
 # matches the main path's by construction, so the walk follows the main path only.
 SHORTCUT_NAMES = frozenset({"downsample", "shortcut"})
-SPATIAL = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+# Explicit padding layers (ONNX/Keras "same" padding is often asymmetric: one more pixel
+# bottom/right) shift and enlarge the map like a 1×1, stride-1 layer with padding.
+PADS = (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d)
+SPATIAL = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, *PADS)
 
 
 def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
@@ -38,10 +41,27 @@ def spatial_layers(module: nn.Module) -> Iterator[nn.Module]:
 
 
 def layer_params(layer: nn.Module) -> tuple[tuple[int, int], ...]:
-    """``(kernel, stride, padding, dilation)`` of a conv or pool layer as (y, x) pairs."""
+    """``(kernel, stride, dilation)`` of a spatial layer as (y, x) pairs (1s for padding layers)."""
+    if isinstance(layer, PADS):
+        return (1, 1), (1, 1), (1, 1)
     stride = layer.stride if layer.stride is not None else layer.kernel_size
     dilation = getattr(layer, "dilation", 1)  # AvgPool2d has none
-    return tuple(_pair(v) for v in (layer.kernel_size, stride, layer.padding, dilation))
+    return tuple(_pair(v) for v in (layer.kernel_size, stride, dilation))
+
+
+def layer_padding(layer: nn.Module) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``((top, bottom), (left, right))`` padding of a spatial layer."""
+    if isinstance(layer, PADS):
+        left, right, top, bottom = (layer.padding,) * 4 if isinstance(layer.padding, int) else layer.padding
+        return (top, bottom), (left, right)
+    if layer.padding == "valid":
+        return (0, 0), (0, 0)
+    if layer.padding == "same":  # torch puts the odd pixel after (bottom/right)
+        k, _, d = layer_params(layer)
+        total = [d[a] * (k[a] - 1) for a in (0, 1)]
+        return (total[0] // 2, total[0] - total[0] // 2), (total[1] // 2, total[1] - total[1] // 2)
+    p = _pair(layer.padding)
+    return (p[0], p[0]), (p[1], p[1])
 
 
 @dataclass(frozen=True)
@@ -70,7 +90,8 @@ class Geometry:
         for a in (0, 1):
             stride, offset, window = 1.0, 0.0, 1.0
             for layer in spatial_layers(net):
-                k, s, p, d = (v[a] for v in layer_params(layer))
+                k, s, d = (v[a] for v in layer_params(layer))
+                p = layer_padding(layer)[a][0]
                 offset += stride * ((k - 1) * d / 2 - p)
                 window += stride * (k - 1) * d
                 stride *= s
@@ -93,14 +114,21 @@ class Geometry:
 def map_size(net: nn.Module, height: int, width: int) -> tuple[int, int]:
     """Score-map size for an input of ``height × width``, from the layers' size formulas.
 
-    ``out = floor_or_ceil((in + 2p - d(k - 1) - 1) / s) + 1``; a non-positive size means
-    the input is smaller than one classifier window.
+    ``out = floor_or_ceil((in + p_before + p_after - d(k - 1) - 1) / s) + 1``; in ceil mode
+    a last window that would start in the right padding is dropped (as torch does). A
+    non-positive size means the input is smaller than one classifier window.
     """
     size = [height, width]
     for layer in spatial_layers(net):
-        k, s, p, d = layer_params(layer)
-        rnd = math.ceil if getattr(layer, "ceil_mode", False) else math.floor
-        size = [rnd((size[a] + 2 * p[a] - d[a] * (k[a] - 1) - 1) / s[a]) + 1 for a in (0, 1)]
+        k, s, d = layer_params(layer)
+        pads = layer_padding(layer)
+        ceil = getattr(layer, "ceil_mode", False)
+        for a in (0, 1):
+            n = size[a] + sum(pads[a]) - d[a] * (k[a] - 1) - 1
+            out = (math.ceil(n / s[a]) if ceil else n // s[a]) + 1
+            if ceil and (out - 1) * s[a] >= size[a] + pads[a][0]:
+                out -= 1
+            size[a] = out
     return size[0], size[1]
 
 

@@ -1,5 +1,14 @@
 """Reading images and turning them into network inputs.
 
+Every input — a path, a PIL image, a numpy array or a tensor — goes through one decoding
+path (:func:`as_image`): EXIF orientation applied, alpha composited over white, 16-bit
+samples scaled to 8 bits (not clipped), palette/CMYK/gray/bilevel converted to RGB.
+
+Arrays (the rule): ``[H, W]`` is gray; a 3-D numpy array is ``[H, W, C]`` (channels last,
+PIL's layout) unless only its first dimension is a channel count (1, 3 or 4), then
+``[C, H, W]``; a 3-D tensor is ``[C, H, W]`` and a 4-D one ``[1, C, H, W]`` (torch's layout).
+C = 1 gray, 3 RGB, 4 RGBA. uint8 is 0…255, uint16 0…65535, floats must lie in [0, 1].
+
 The shorter side is resized to ``scale × input_size`` keeping the aspect ratio, with
 PIL's antialiased bilinear filter; PIL's pixel convention (pixel ``j`` covers
 ``[j, j + 1)``) is the one :mod:`fcn_cam.geometry` maps back with.
@@ -7,10 +16,13 @@ PIL's antialiased bilinear filter; PIL's pixel convention (pixel ``j`` covers
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,19 +31,118 @@ from PIL import Image, ImageOps
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 # PIL's own decompression-bomb threshold; a declared size beyond it is refused up front.
 MAX_PIXELS = 89_478_485
+BACKGROUND = (255, 255, 255)  # what transparent pixels become, for every kind of input
+
+ImageLike = Image.Image | np.ndarray | torch.Tensor | str | os.PathLike
 
 
 class ImageError(ValueError):
     """An input that is not a readable image; the message names the file."""
 
 
+def check_file(path: Path) -> None:
+    """Refuse, without opening it, anything that is not a regular file (a FIFO would block
+    forever, a device could be endless); name dangling links and link loops."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        what = "dangling symbolic link" if os.path.islink(path) else "no such file"
+        raise ImageError(f"{path}: {what}") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ImageError(f"{path}: symbolic link loop") from None
+        raise ImageError(f"{path}: cannot read ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError(f"{path}: is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "special")
+        raise ImageError(f"{path}: not a regular file ({kind}); refused without reading it")
+    if st.st_size == 0:
+        raise ImageError(f"{path}: empty file")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL image as upright 8-bit RGB: EXIF orientation, alpha over :data:`BACKGROUND`,
+    16/32-bit integer gray scaled to 8 bits (``/ 257``), float gray taken as [0, 1]."""
+    if getattr(im, "n_frames", 1) > 1:
+        im.seek(0)  # animated: the first frame
+    im = ImageOps.exif_transpose(im)
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im, dtype=np.float64)
+        if im.mode == "I" and a.size and (a.min() < 0 or a.max() > 65535):
+            raise ImageError(f"32-bit integer samples outside 0…65535 (min {a.min():g}, max {a.max():g})")
+        im = Image.fromarray(np.rint(a / 257.0).astype(np.uint8), "L")
+    elif im.mode == "F":
+        im = Image.fromarray(_float_to_u8(np.asarray(im)), "L")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (*BACKGROUND, 255)), rgba)
+    try:
+        return im.convert("RGB")
+    except (ValueError, OSError) as e:
+        raise ImageError(f"cannot convert mode {im.mode} to RGB ({e})") from None
+
+
+def _float_to_u8(a: np.ndarray) -> np.ndarray:
+    if not np.isfinite(a).all():
+        raise ImageError("float image with NaN or infinite values")
+    if a.size and (a.min() < 0 or a.max() > 1):
+        raise ImageError(f"float image values must lie in [0, 1] (found {a.min():g} … {a.max():g})")
+    return np.rint(a * 255).astype(np.uint8)
+
+
+def array_to_image(a: np.ndarray | torch.Tensor) -> Image.Image:
+    """An array or tensor as a PIL image, by the module's layout and range rule."""
+    if isinstance(a, torch.Tensor):
+        t = a.detach().cpu()
+        if t.ndim == 4:
+            if t.shape[0] != 1:
+                raise ImageError(f"a [B, C, H, W] tensor needs B = 1 (got shape {tuple(t.shape)}); "
+                                 "pass images one at a time or use explain_files")
+            t = t[0]
+        if t.ndim == 3:
+            t = t.permute(1, 2, 0)
+        if t.dtype == torch.bfloat16 or t.dtype == torch.float16:
+            t = t.float()
+        a = t.numpy()
+    else:
+        a = np.asarray(a)
+        if a.ndim == 3 and a.shape[-1] not in (1, 3, 4) and a.shape[0] in (1, 3, 4):
+            a = np.moveaxis(a, 0, -1)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))):
+        raise ImageError(f"array of shape {a.shape} is not an image ([H, W], [H, W, 1|3|4] or [1|3|4, H, W])")
+    if a.shape[0] < 1 or a.shape[1] < 1:
+        raise ImageError(f"array of shape {a.shape} has no pixels")
+    if a.dtype == np.uint8:
+        u8 = a
+    elif a.dtype == np.uint16:
+        u8 = np.rint(a / 257.0).astype(np.uint8)
+    elif a.dtype == np.bool_:
+        u8 = a.astype(np.uint8) * 255
+    elif np.issubdtype(a.dtype, np.floating):
+        u8 = _float_to_u8(a)
+    elif np.issubdtype(a.dtype, np.integer):
+        if a.size and (a.min() < 0 or a.max() > 255):
+            raise ImageError(f"{a.dtype} values must lie in 0…255 (found {a.min()} … {a.max()}); "
+                             "use uint16 for 16-bit data")
+        u8 = a.astype(np.uint8)
+    else:
+        raise ImageError(f"unsupported array dtype {a.dtype}")
+    return to_rgb(Image.fromarray(np.ascontiguousarray(u8)))  # L, RGB or RGBA by shape
+
+
 def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Open an image as RGB, upright (EXIF orientation applied), alpha over white.
+    """Open an image file as RGB through :func:`to_rgb`.
 
     Raises:
-        ImageError: missing, empty, not an image, truncated, or an absurd declared size.
+        ImageError: missing, not a regular file, empty, not an image, truncated, or an absurd
+            declared size; the message starts with the path.
     """
     path = Path(path)
+    check_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -42,25 +153,37 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
                         f"{path}: declared size {w}×{h} ({w * h:,} pixels) exceeds the limit of "
                         f"{max_pixels:,} pixels"
                     )
-                im = ImageOps.exif_transpose(im)
-                if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-                    rgba = im.convert("RGBA")
-                    im = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-                return im.convert("RGB")
-    except ImageError:
-        raise
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError(f"{path}: is a directory") from None
+                return _checked(to_rgb(im), max_pixels)
+    except ImageError as e:
+        raise ImageError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
     except Image.UnidentifiedImageError:
-        size = path.stat().st_size
-        what = "empty file" if size == 0 else f"not an image PIL can read ({size} bytes)"
-        raise ImageError(f"{path}: {what}") from None
+        raise ImageError(f"{path}: not an image PIL can read ({path.stat().st_size} bytes)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"{path}: declared size exceeds the limit of {max_pixels:,} pixels ({e})") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(f"{path}: truncated or corrupt image ({e})") from None
+
+
+def _checked(im: Image.Image, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    if im.width * im.height > max_pixels:
+        raise ImageError(f"size {im.width}×{im.height} exceeds the limit of {max_pixels:,} pixels")
+    return im
+
+
+def as_image(image: Any) -> tuple[Image.Image, str | None]:
+    """Any supported input as ``(RGB image, name)``; the name is the path for files.
+
+    Raises:
+        ImageError: anything else, with the reason.
+    """
+    if isinstance(image, str | os.PathLike):
+        return load_image(image), str(image)
+    if isinstance(image, Image.Image):
+        return _checked(to_rgb(image)), None
+    if isinstance(image, np.ndarray | torch.Tensor):
+        return _checked(array_to_image(image)), None
+    raise ImageError(f"cannot use a {type(image).__name__} as an image: pass a path, a PIL image, "
+                     "a numpy array or a torch.Tensor")
 
 
 def input_shape(size: tuple[int, int], side: int) -> tuple[int, int]:
@@ -85,11 +208,26 @@ def to_input(
     return (x - m) / s
 
 
-def find_images(inputs: Iterable[str | os.PathLike]) -> Iterator[Path]:
-    """Expand directories (recursively, sorted, image suffixes only); files pass as given."""
+def _inside(p: Path, roots: Sequence[Path]) -> bool:
+    return any(p == r or r in p.parents for r in roots)
+
+
+def find_images(
+    inputs: Iterable[str | os.PathLike], exclude: Iterable[str | os.PathLike] = ()
+) -> Iterator[Path]:
+    """Expand directories (recursively, sorted, image suffixes only; symbolic links to
+    directories are not followed); files pass as given, so that missing, dangling or
+    special files are reported by :func:`load_image`. Anything under ``exclude`` (the output
+    folder) is left out, so outputs are never read back as inputs."""
+    skip = [Path(os.path.realpath(e)) for e in exclude]
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            yield from sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
-        else:
+            found = []
+            for dirpath, dirnames, filenames in os.walk(p):  # links, FIFOs … land in filenames
+                d = Path(dirpath)
+                dirnames[:] = [n for n in dirnames if not _inside(Path(os.path.realpath(d / n)), skip)]
+                found += [d / n for n in filenames if Path(n).suffix.lower() in IMAGE_SUFFIXES]
+            yield from sorted(found)
+        elif not (skip and _inside(Path(os.path.realpath(p)), skip)):
             yield p

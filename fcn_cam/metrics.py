@@ -38,17 +38,20 @@ def threshold_box(saliency: np.ndarray, fraction: float = 0.2) -> Box:
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
-    m = normalize(saliency)
+    m = np.asarray(saliency)
     h, w = m.shape
-    mask = m >= fraction
-    if m.max() <= 0 or not mask.any():
+    lo, hi = float(m.min()), float(m.max())
+    if hi - lo <= 0:
         return (0, 0, w, h)
+    # (m - lo) / (hi - lo + eps) >= fraction, without a normalized copy (24-MP maps)
+    mask = m >= lo + fraction * (hi - lo + 1e-8)
     labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    if n > 1:
-        sizes = np.bincount(labels.ravel())[1:]
-        mask = labels == (1 + int(np.argmax(sizes)))
-    ys, xs = np.nonzero(mask)
-    return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    del mask
+    if n == 0:
+        return (0, 0, w, h)
+    biggest = int(np.argmax(np.bincount(labels.ravel(), minlength=n + 1)[1:])) + 1
+    ys, xs = ndimage.find_objects(labels, max_label=biggest)[biggest - 1]
+    return (xs.start, ys.start, xs.stop, ys.stop)
 
 
 def iou(a: Box | np.ndarray, b: Box | np.ndarray) -> float:

@@ -23,6 +23,10 @@ ARCHS: tuple[str, ...] = (
     "alexnet",
     *(f"resnet{d}" for d in (18, 34, 50, 101, 152)),
 )
+#: The demo's twin models, shipped with the package (``fcn_cam/demo/twins.pt``).
+DEMOS: tuple[str, ...] = ("demo-fc", "demo-gap")
+#: Everything ``fcn-cam convert`` / ``explain --model`` accept by name.
+NAMES: tuple[str, ...] = (*ARCHS, *DEMOS)
 RANDOM = "random"
 
 
@@ -31,8 +35,8 @@ class WeightsError(RuntimeError):
 
 
 def _check_arch(arch: str) -> None:
-    if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHS)}")
+    if arch not in NAMES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of: {', '.join(NAMES)}")
 
 
 def imagenet_classes(arch: str) -> list[str]:
@@ -95,11 +99,31 @@ def load_arch(
     arch: str, weights: str = "DEFAULT", *, output_stride: int | None = None,
     device: str | torch.device = "cpu",
 ) -> FCN:
-    """Build a torchvision architecture by name and convert it on ``device`` (the
-    `convert ARCH` path)."""
+    """Build a torchvision architecture (or a shipped demo twin) by name and convert it on
+    ``device`` (the `convert ARCH` path)."""
+    if arch in DEMOS:
+        return load_demo(arch, weights, output_stride=output_stride).to(resolve_device(device))
     model, label = build(arch, weights)
     model = model.to(resolve_device(device))
     return convert(
         model, 224, output_stride=output_stride, class_names=imagenet_classes(arch),
         mean=IMAGENET_MEAN, std=IMAGENET_STD, arch=arch, weights=label,
+    )
+
+
+def load_demo(name: str, weights: str = "DEFAULT", *, output_stride: int | None = None) -> FCN:
+    """A shipped demo twin (``demo-fc``: the VGG-shaped FC head; ``demo-gap``: its GAP twin),
+    converted like any model; ``weights`` may be ``DEFAULT``/``shipped`` or a checkpoint of
+    ``benchmarks/train_twins.py``."""
+    from .demo.scenes import CLASS_NAMES
+    from .demo.twins import INPUT_SIZE, MEAN, STD, twins
+
+    path = None if weights in ("DEFAULT", "shipped") else weights
+    try:
+        fc, gap = twins(path)
+    except FileNotFoundError as e:
+        raise WeightsError(str(e)) from None
+    return convert(
+        fc if name == "demo-fc" else gap, INPUT_SIZE, output_stride=output_stride,
+        class_names=CLASS_NAMES, mean=MEAN, std=STD, arch=f"{name}-twin", weights=path or "shipped",
     )

@@ -49,9 +49,11 @@ def test_explain_real_photos(small_model_file, photos, tmp_path):
         assert 0 <= rec["peak"][0] < w and 0 <= rec["peak"][1] < h
         x0, y0, x1, y1 = rec["box"]
         assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
-        overlay = Image.open(out / f"{f.stem}_cam.png")
+        (files,) = rec["files"]
+        assert files["overlay"] == f"{f.stem}.{rec['key'][:12]}_cam.png"
+        overlay = Image.open(out / files["overlay"])
         assert overlay.size == (w, h) and overlay.mode == "RGB"
-        raw = np.load(out / f"{f.stem}_cam.npy")
+        raw = np.load(out / files["maps"][0])
         assert list(raw.shape) == rec["map_shape"] and np.isfinite(raw).all()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
 
@@ -83,27 +85,30 @@ def test_class_by_name_and_top_k(small_model_file, photos, tmp_path):
     r = run("explain", "-m", small_model_file, "--top-k", "3", "-o", tmp_path / "k", photos["cat"])
     rec = json.loads((tmp_path / "k" / "explanations.jsonl").read_text())
     assert len(rec["targets"]) == 3 and len(rec["files"]) == 3
-    assert {f"cat.{t['index']}_cam.png" for t in rec["targets"]} <= outputs(tmp_path / "k")
+    assert {f"cat.{rec['key'][:12]}.{t['index']}_cam.png" for t in rec["targets"]} <= outputs(tmp_path / "k")
     r = run("explain", "-m", small_model_file, "--class", "c33", photos["cat"])
     assert r.exit_code == 2 and "unknown class name 'c33'" in r.output
 
 
-def test_directory_input_and_no_clobber(small_model_file, photos, tmp_path):
+def test_directory_input_resume_and_overwrite(small_model_file, photos, tmp_path):
     out = tmp_path / "o"
     src = photos["cat"].parent
     r = run("explain", "-m", small_model_file, "-o", out, src)
     assert r.exit_code == 0, r.output
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    r = run("explain", "-m", small_model_file, "--scale", "3", "-o", out, src)
-    assert r.exit_code == 1 and "exists" in r.output and "--overwrite" in r.output
-    after = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert {k: v for k, v in after.items() if k != "explanations.jsonl"} == {
-        k: v for k, v in before.items() if k != "explanations.jsonl"}
-    assert after["explanations.jsonl"] == before["explanations.jsonl"]
-    r = run("explain", "-m", small_model_file, "--scale", "3", "--overwrite", "-o", out, src)
+    r = run("explain", "-m", small_model_file, "-o", out, src)  # resume: all done, nothing rewritten
+    assert r.exit_code == 0 and "skipped 5 of 5 images already done" in r.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    r = run("explain", "-m", small_model_file, "--scale", "3", "-o", out, src)  # another request: new records
     assert r.exit_code == 0
-    recs = (out / "explanations.jsonl").read_text().splitlines()
-    assert len(recs) == 5 and all(json.loads(x)["scale"] == 3 for x in recs)
+    recs = [json.loads(x) for x in (out / "explanations.jsonl").read_text().splitlines()]
+    assert sorted(r["scale"] for r in recs) == [2] * 5 + [3] * 5
+    assert {k: v for k, v in before.items() if k != "explanations.jsonl"}.items() <= {
+        p.name: p.read_bytes() for p in out.iterdir()}.items()
+    r = run("explain", "-m", small_model_file, "--scale", "3", "--overwrite", "-o", out, photos["cat"])
+    assert r.exit_code == 0
+    after = [json.loads(x) for x in (out / "explanations.jsonl").read_text().splitlines()]
+    assert len(after) == 10 and sorted(r["key"] for r in after) == sorted(r["key"] for r in recs)
 
 
 def png_with_size(path: Path, width: int, height: int) -> None:
@@ -136,10 +141,10 @@ def test_bad_image_named_and_others_processed(small_model_file, photos, bad_imag
     r = run("explain", "-m", small_model_file, "-o", out, photos["cat"], bad, photos["coffee"])
     assert r.exit_code == 1
     assert f"{bad}: " in r.output and reason in r.output
-    assert outputs(out) == {"cat_cam.png", "cat_cam.npy", "coffee_cam.png", "coffee_cam.npy",
-                            "explanations.jsonl"}
-    recs = [json.loads(x)["image"] for x in (out / "explanations.jsonl").read_text().splitlines()]
-    assert recs == [str(photos["cat"]), str(photos["coffee"])]
+    recs = [json.loads(x) for x in (out / "explanations.jsonl").read_text().splitlines()]
+    assert [r["image"] for r in recs] == [str(photos["cat"]), str(photos["coffee"])]
+    assert outputs(out) == {"explanations.jsonl"} | {n for r in recs for f in r["files"]
+                                                     for n in (f["overlay"], *f["maps"])}
 
 
 def test_wrong_kind_of_model_file(tmp_path, photos):
@@ -198,8 +203,8 @@ def test_demo_command(tmp_path):
     assert r.exit_code == 0, r.output
     assert "comparison" in r.output
     names = outputs(out)
-    assert {"comparison.png", "explanations.jsonl", "scene_00.png", "scene_00_cam.png",
-            "scene_02_cam.npy"} <= names
+    assert {"comparison.png", "explanations.jsonl", "scene_00.png"} <= names
+    assert any(n.startswith("scene_00.") and n.endswith("_cam.png") for n in names)
     recs = [json.loads(x) for x in (out / "explanations.jsonl").read_text().splitlines()]
     assert len(recs) == 3 and all((r["width"], r["height"]) == (112, 112) for r in recs)
     fig = Image.open(out / "comparison.png")

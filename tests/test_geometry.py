@@ -11,6 +11,7 @@ from PIL import Image
 
 from fcn_cam import convert, explain
 from fcn_cam.geometry import Geometry, align, cell_centre, cover_padding, stretch
+from fcn_cam.geometry import map_size as fcn_map_size
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +143,42 @@ def test_cover_padding_reaches_every_pixel(arch):
         assert g.y.offset <= 0 and g.x.offset <= 0
         assert g.y.stride * (n[0] - 1) + g.y.offset >= h - 1
         assert g.x.stride * (n[1] - 1) + g.x.offset >= w - 1
+
+
+def _box_net(*layers: torch.nn.Module) -> torch.nn.Sequential:
+    """Positive box filters: a cell's input gradient is symmetric about its window centre."""
+    net = torch.nn.Sequential(*layers).eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.constant_(m.weight, 1.0)
+            torch.nn.init.zeros_(m.bias)
+    return net
+
+
+@pytest.mark.parametrize("layers", [
+    # TF "same" padding of a stride-2 conv: nothing before, one pixel after
+    lambda: [torch.nn.ZeroPad2d((0, 1, 0, 1)), torch.nn.Conv2d(1, 1, 3, stride=2),
+             torch.nn.AvgPool2d(3, 2, ceil_mode=True), torch.nn.Conv2d(1, 1, 3)],
+    lambda: [torch.nn.ConstantPad2d((2, 0, 1, 0), 0.0), torch.nn.Conv2d(1, 1, 2, stride=2, padding=1),
+             torch.nn.AvgPool2d(2, ceil_mode=True), torch.nn.Conv2d(1, 1, 4, padding="same")],
+])
+def test_planted_impulse_at_cell_centre_with_pads_and_ceil_mode(layers):
+    """Each interior cell's window, found by back-propagating from the cell, is centred where the
+    geometry (derived from the layers) says; map sizes match the forward pass."""
+    net = _box_net(*layers())
+    g = Geometry.of(net)
+    checked = 0
+    for h, w in ((37, 29), (40, 41), (23, 50)):
+        x = torch.zeros(1, 1, h, w, requires_grad=True)
+        out = net(x)
+        assert tuple(out.shape[-2:]) == fcn_map_size(net, h, w)
+        i, j = out.shape[-2] // 2, out.shape[-1] // 2
+        out[0, 0, i, j].backward()
+        grad = x.grad[0, 0]
+        ys, xs = torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64)
+        wy, wx = grad.sum(1).double(), grad.sum(0).double()
+        if wy[0] == 0 and wy[-1] == 0 and wx[0] == 0 and wx[-1] == 0:  # window inside the image
+            assert (wy @ ys / wy.sum()).item() == pytest.approx(g.y.stride * i + g.y.offset)
+            assert (wx @ xs / wx.sum()).item() == pytest.approx(g.x.stride * j + g.x.offset)
+            checked += 1
+    assert checked >= 2

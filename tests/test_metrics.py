@@ -246,3 +246,19 @@ def test_blur_baseline_and_errors(image):
         M.deletion_auc(image, np.zeros((10, 10)), lambda b: np.zeros(1), steps=5)
     with pytest.raises(ValueError):
         M.perturbation_curve(image, np.zeros((10, 10)), score, mode="sideways")
+
+
+def test_threshold_box_equals_the_normalize_label_nonzero_reference():
+    """The lean box (no normalized copy, find_objects) is the CAM paper's rule exactly."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    for _ in range(30):
+        m = ndimage.gaussian_filter(rng.standard_normal((60, 90)), 3).astype(np.float32)
+        frac = float(rng.uniform(0.05, 0.95))
+        norm = M.normalize(m)
+        labels, n = ndimage.label(norm >= frac, structure=np.ones((3, 3), dtype=bool))
+        big = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+        ys, xs = np.nonzero(big)
+        want = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+        assert M.threshold_box(m, frac) == want

@@ -120,9 +120,9 @@ def test_unsupported_architecture_message():
             super().__init__()
             self.body = nn.Conv2d(3, 3, 3)
 
-    with pytest.raises(ConversionError, match="expected `features` \\+ `classifier`"):
+    with pytest.raises(ConversionError, match="torch.fx cannot trace Odd .*nn.Sequential"):
         convert(Odd())
-    with pytest.raises(ConversionError, match="no nn.Flatten"):
+    with pytest.raises(ConversionError, match="no point where the .* feature map becomes a .* vector"):
         convert(nn.Sequential(nn.Conv2d(3, 3, 3), nn.ReLU()))
 
 
@@ -154,6 +154,99 @@ def test_failed_exactness_refused_with_numbers():
 
 
 def test_unsupported_head_layer():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, 4), nn.Softmax(1))
-    with pytest.raises(ConversionError, match="unsupported layer in the head: Softmax"):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, 4), nn.LayerNorm(4),
+                          nn.Linear(4, 2))
+    with pytest.raises(ConversionError, match=r"head layer 1 \(LayerNorm\) does not act on \[B, C\] vectors"):
         convert(model, 16)
+
+
+CHANNELWISE = [
+    lambda c: nn.PReLU(), lambda c: nn.PReLU(c), lambda c: nn.LeakyReLU(0.1), lambda c: nn.ELU(),
+    lambda c: nn.GELU(), lambda c: nn.GELU("tanh"), lambda c: nn.SiLU(), lambda c: nn.Hardswish(),
+    lambda c: nn.Mish(), lambda c: nn.Softplus(2.0), lambda c: nn.ReLU6(), lambda c: nn.SELU(),
+    lambda c: nn.CELU(0.5), lambda c: nn.Hardsigmoid(), lambda c: nn.Softsign(), lambda c: nn.Tanh(),
+]
+
+
+@pytest.mark.parametrize("make", CHANNELWISE, ids=lambda f: type(f(3)).__name__ + str(sum(
+    p.numel() for p in f(3).parameters())))
+def test_channelwise_head_layers_exact_and_saved(make, tmp_path):
+    torch.manual_seed(0)
+    act = make(16)
+    for p in act.parameters():  # slopes that differ per channel
+        p.data.uniform_(-0.5, 0.5)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4),
+                          nn.Flatten(), nn.Linear(64, 16), act, nn.Linear(16, 3)).eval()
+    fcn = convert(model, 16)
+    assert_exact(model, fcn, 16)
+    assert fcn.info["head_layers"] == ["Conv2d", type(act).__name__, "Conv2d"]
+    fcn_cam.save(fcn, tmp_path / "m.pt")
+    back = fcn_cam.load(tmp_path / "m.pt")
+    x = torch.randn(1, 3, 40, 36)
+    with torch.no_grad():
+        assert torch.equal(back(x), fcn(x))
+
+
+@pytest.mark.parametrize("order", ["chw", "hwc", "whc", "cwh", "hcw", "wch"])
+def test_flatten_order_from_permute(order, tmp_path):
+    """Non-square 2×3 features, so a wrong order cannot pass by symmetry."""
+    torch.manual_seed(0)
+    dims = [0, *(1 + "chw".index(d) for d in order)]
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.PReLU(4), nn.MaxPool2d(4),
+                          torchvision.ops.Permute(dims), nn.Flatten(), nn.Linear(24, 8), nn.PReLU(8),
+                          nn.Linear(8, 3), nn.Softmax(1)).eval()
+    fcn = convert(model, (8, 12))
+    assert fcn.info["flatten_order"] == order and fcn.info["dropped"] == ["Softmax"]
+    x = torch.randn(3, 3, 8, 12)
+    with torch.no_grad():
+        ref = model(x).log()  # log-probabilities: logits up to a constant per image
+        got = fcn(x).mean((-2, -1)).log_softmax(1)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    fcn_cam.save(fcn, tmp_path / "m.pt")
+    assert fcn_cam.load(tmp_path / "m.pt").info["flatten_order"] == order
+
+
+def test_flatten_order_argument_and_wrong_order_hint():
+    """Weights laid out for H, W, C with a chw nn.Flatten: the user states the order."""
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.MaxPool2d(4))
+    keras = nn.Sequential(body, torchvision.ops.Permute([0, 2, 3, 1]), nn.Flatten(), nn.Linear(24, 3)).eval()
+    with pytest.raises(ConversionError, match="Permute gives flatten order 'hwc' but flatten_order='whc'"):
+        convert(keras, (8, 12), flatten_order="whc")
+    plain = nn.Sequential(body, nn.Flatten(), keras[3]).eval()
+    with pytest.raises(ConversionError, match="flatten_order 'xyz'"):
+        convert(plain, (8, 12), flatten_order="xyz")
+    fcn = convert(plain, (8, 12), flatten_order="chw")
+    assert fcn.info["exactness"]["rel_diff"] <= 1e-5
+    with pytest.raises(ConversionError, match="disagrees"):
+        convert(plain, (8, 12), flatten_order="hwc")
+
+
+def test_softmax_dropped_or_kept():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, 4), nn.LogSoftmax(1)).eval()
+    fcn = convert(model, 16)
+    assert fcn.info["dropped"] == ["LogSoftmax"] and fcn.num_classes == 4
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        logits = model[2](model[1](model[0](x)))
+        torch.testing.assert_close(fcn(x).mean((-2, -1)), logits, rtol=1e-5, atol=1e-6)
+    kept = convert(model, 16, keep_softmax=True)
+    assert kept.info["dropped"] == [] and kept.num_classes == 4
+    with torch.no_grad():
+        torch.testing.assert_close(kept(x).mean((-2, -1)), model(x), rtol=1e-5, atol=1e-6)
+        big = kept(torch.randn(1, 3, 30, 24))
+    torch.testing.assert_close(big.exp().sum(1), torch.ones_like(big[:, 0]))  # per-cell distribution
+
+
+def test_unsaveable_layer_fails_at_save(tmp_path):
+    class Swish(nn.Module):  # channel-wise, so convertible, but not a standard layer
+        def forward(self, x):
+            return x * torch.sigmoid(x)
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, 8), Swish(),
+                          nn.Linear(8, 2)).eval()
+    fcn = convert(model, 16)
+    with pytest.raises(fcn_cam.ModelFileError, match="cannot save: layer Swish"):
+        fcn_cam.save(fcn, tmp_path / "m.pt")
+    assert not (tmp_path / "m.pt").exists()

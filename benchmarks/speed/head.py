@@ -1,0 +1,64 @@
+"""The converted head alone: run as GEMMs (``head="gemm"``) vs as convolutions (``head="conv"``),
+next to the original classifier at the native size."""
+
+from __future__ import annotations
+
+import torch
+from fcn_cam.head import run_head
+
+from benchmarks.common import count_macs, table
+from fcn_cam.runtime import input_like
+
+from . import machine
+from .core import Bench, gflops, interleaved, ms, side_str
+from .forward import batch, macs
+
+
+def run(b: Bench) -> None:
+    b.section("Head: GEMM vs convolution")
+    machine.ensure_peak(b)
+    m = b.model("fp32")  # channels-last fp32: the features the head gets in a default run
+    vgg = b.vgg
+    rows, raw = [], []
+    for side in b.cfg.sides:
+        x = batch(b, side)
+        with torch.inference_mode():
+            f = m.features(input_like(m, x))
+        head_macs = macs(b.fcn, tuple(x.shape)) - count_macs(b.fcn.features, tuple(x.shape))
+        fns = {"conv": lambda f=f: run_head(m.head, f, "conv"), "gemm": lambda f=f: run_head(m.head, f, "gemm")}
+        if side == 224:  # the original classifier on the same features: pool (identity here), flatten, Linears
+            fns["original"] = lambda f=f: vgg.classifier(torch.flatten(vgg.avgpool(f), 1))
+        with torch.inference_mode():
+            diff = float((run_head(m.head, f, "gemm") - run_head(m.head, f, "conv")).abs().max())
+            t = interleaved(fns, b.cfg.repeats if side == 224 else b.cfg.repeats_large)
+        d = {"side": side, "features": list(f.shape[-2:]), "map": list(b.fcn.map_size(side, side)),
+             "gmac": head_macs / 1e9, "conv_ms": ms(t["conv"]), "gemm_ms": ms(t["gemm"]),
+             "original_ms": ms(t["original"]) if "original" in t else None, "max_abs_diff": diff}
+        d["conv_over_gemm"] = d["conv_ms"] / d["gemm_ms"]
+        raw.append(d)
+        for mode in ("conv", "gemm", "original"):
+            if d.get(f"{mode}_ms") is None:
+                continue
+            rate = gflops(head_macs, d[f"{mode}_ms"] / 1000)
+            rows.append([side, side_str(d["features"]), side_str(d["map"]), d["gmac"],
+                         {"conv": "head as convolutions", "gemm": "head as GEMMs",
+                          "original": "original classifier (Linear)"}[mode],
+                         d[f"{mode}_ms"], rate, f"{100 * rate / b.peak['fp32']:.0f} %"])
+        print(f"  {side}: conv {d['conv_ms']:.1f} ms, gemm {d['gemm_ms']:.1f} ms "
+              f"({d['conv_over_gemm']:.2f}×), original {d['original_ms']}, max |Δ| {diff:.1e}", flush=True)
+    b.res["head"] = raw
+    b.md += [
+        "The head alone, fp32, on the body's real (channels-last) features of the test image at each input "
+        "side: `run_head(head, features, 'conv')` (the 7×7 and 1×1 convolutions the file stores) vs "
+        "`'gemm'` (unfold + one matrix product per layer over the window grid); at 224 also the original "
+        "torchvision classifier (adaptive pool, flatten, Linears) on the same features. Medians of "
+        "interleaved runs; % of the fp32 matmul rate.",
+        "",
+        table(["input", "features", "map", "GMAC", "head run as", "ms", "GFLOP/s", "% of matmul"], rows),
+        "",
+        "Largest |GEMM − conv| on the score maps: "
+        + ", ".join(f"{d['side']} px {d['max_abs_diff']:.1e}" for d in raw)
+        + "; conv time / GEMM time: "
+        + ", ".join(f"{d['side']} px {d['conv_over_gemm']:.2f}×" for d in raw) + ".",
+    ]
+

@@ -1,0 +1,33 @@
+"""Ray Data on a local 2-CPU instance vs the local CLI (images/s, same folder, same records).
+
+The measurement itself lives with the Ray work (``benchmarks/speed_ray.py``: fresh processes
+running ``fcn-cam explain`` with and without ``--ray``, alternated); this section runs it in the
+same benchmark run when that module and ``ray`` are installed, and says so when they are not.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+from .core import Bench
+
+TARGET = "Ray Data on a local 2-CPU instance ≥ 80 % of the local CLI's images/s"
+
+
+def run(b: Bench) -> None:
+    b.section("Ray Data vs the local CLI")
+    missing = [m for m in ("ray", "benchmarks.speed_ray") if importlib.util.find_spec(m) is None]
+    if missing:
+        b.md += [f"Not measured in this run: {', '.join(missing)} not available."]
+        b.target(TARGET, "–", None, f"{', '.join(missing)} not available in this run")
+        return
+    sr = importlib.import_module("benchmarks.speed_ray")
+    n, repeats = (8, 1) if b.cfg.quick else (24, 2)
+    res = sr.ray_vs_local(n=n, arch="vgg16", scale=1.0, repeats=repeats, cpus=2)
+    b.res["ray"] = res
+    identical = all(r.get("identical") for r in res["records"])
+    b.md += [sr.report(res)]
+    b.target(TARGET, f"{res['ratio']:.2f} ({res['ray_images_per_s']:.3f} vs {res['local_images_per_s']:.3f} "
+             "images/s)", res["ratio"] >= 0.8,
+             f"{n} photos, VGG16 scale 1, medians of {repeats} alternated runs; records identical: {identical}")

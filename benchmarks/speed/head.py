@@ -4,9 +4,9 @@ next to the original classifier at the native size."""
 from __future__ import annotations
 
 import torch
-from fcn_cam.head import run_head
 
 from benchmarks.common import count_macs, table
+from fcn_cam.head import run_head
 from fcn_cam.runtime import input_like
 
 from . import machine

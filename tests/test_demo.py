@@ -111,6 +111,25 @@ def test_split_and_argument_checks():
     assert len(demo.scenes(0)) == 0
 
 
+def test_pair_scenes_two_different_digits_apart():
+    p = demo.pair_scenes(60, seed=5, split="test")
+    s = demo.SCENE_SIZE
+    assert p.images.shape == (60, s, s, 3) and p.images.dtype == np.uint8
+    assert p.labels.shape == (60, 2) and p.boxes.shape == (60, 2, 4) and p.masks.shape == (60, 2, s, s)
+    assert np.all(p.labels[:, 0] != p.labels[:, 1])
+    for masks, boxes in zip(p.masks, p.boxes, strict=True):
+        assert not (masks[0] & masks[1]).any()
+        for mask, box in zip(masks, boxes, strict=True):  # tight box of each digit
+            ys, xs = np.nonzero(mask)
+            assert tuple(box) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = boxes
+        assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0  # disjoint halves
+    again = demo.pair_scenes(60, seed=5, split="test")
+    np.testing.assert_array_equal(p.images, again.images)
+    with pytest.raises(ValueError):
+        demo.pair_scenes(3, object_size=(20, 80))  # a digit must fit in half the image
+
+
 # --- twins -----------------------------------------------------------------------------------
 
 ALLOWED = (

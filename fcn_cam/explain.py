@@ -7,8 +7,9 @@ scales. ``mean`` is the original logit at the native size, and for GAP heads at 
 at scale 2, top-1 accuracy was 62 % with ``max`` against 38 % with ``mean``
 (``benchmarks/results/localization.md``).
 
-Heatmap: the target class's raw score map resampled onto the original image with cell
-values at their centres (:func:`fcn_cam.geometry.align`), averaged over scales.
+Heatmap: the target class's raw map — window score map or cell map (:mod:`fcn_cam.maps`) —
+resampled onto the original image with cell values at their centres
+(:func:`fcn_cam.geometry.align`), averaged over scales.
 """
 
 from __future__ import annotations
@@ -26,13 +27,21 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .geometry import align, cell_centre, cover_padding
+from .geometry import Geometry, align, cell_centre, cover_padding
 from .images import ImageError, load_image, to_input
+from .maps import MAP_KINDS, cell_maps_of, forward, score_maps  # noqa: F401 (score_maps re-exported)
 from .metrics import threshold_box
-from .runtime import input_like
 from .surgery import FCN
 
 Scales = float | Sequence[float]
+
+# Defaults (see benchmarks/results/localization.md for the validation numbers behind them).
+DEFAULT_SCALE: Scales = 2.0
+DEFAULT_MAPS = "scores"
+DEFAULT_PAD = "cover"
+DEFAULT_CLAMP = False
+#: Box threshold per map kind (fraction of the heatmap's range).
+BOX_FRACTION: dict[str, float] = {"scores": 0.2, "cells": 0.2}
 
 
 @dataclass
@@ -43,7 +52,7 @@ class Target:
     name: str | None
     score: float
     heatmap: np.ndarray  # [height, width] raw scores in image pixels, fused over scales
-    cams: list[np.ndarray]  # [h, w] raw score map per scale
+    cams: list[np.ndarray]  # [h, w] raw map (score or cell map) per scale
     peak: tuple[float, float]  # (x, y) in image pixels
     box: tuple[int, int, int, int]  # [x0, y0, x1, y1], x1/y1 exclusive
 
@@ -59,6 +68,8 @@ class Explanation:
     ranking: list[tuple[int, str | None, float]]  # best classes, best first
     rank: str = "mean"  # the spatial statistic the scores are
     pads: list[tuple[int, int]] = field(default_factory=list)  # (top, left) padding per scale
+    maps: str = "scores"  # the map kind: window scores or cell decomposition
+    clamp: bool = False
     targets: list[Target] = field(default_factory=list)
 
     def record(self) -> dict:
@@ -75,6 +86,7 @@ class Explanation:
             "class_name": t.name,
             "score": t.score,
             "rank": self.rank,
+            "maps": self.maps,
             "pad": [list(p) for p in self.pads] if not single else list(self.pads[0]),
             "top_k": [{"index": i, "name": n, "score": s} for i, n, s in self.ranking],
             "peak": [round(t.peak[0], 2), round(t.peak[1], 2)],
@@ -134,82 +146,156 @@ def sides(fcn: FCN, scales: Sequence[float]) -> list[int]:
     return [round(s * min(fcn.input_size)) for s in scales]
 
 
+PADS = ("cover", "window", "none")
+
+
+def resolve_maps(maps: str) -> str:
+    if maps not in MAP_KINDS:
+        raise ValueError(f"maps must be one of {', '.join(MAP_KINDS)}, got {maps!r}")
+    return maps
+
+
+def resolve_pad(pad: str | bool) -> str:
+    """``cover``: the least padding after which the cells of the map kind cover every pixel
+    (score maps: window centres; cell maps: feature-cell centres); ``window``: the score
+    maps' cover padding for either kind; ``none``. ``True``/``False`` mean cover/none."""
+    pad = {True: "cover", False: "none"}.get(pad, pad) if isinstance(pad, bool) else pad
+    if pad not in PADS:
+        raise ValueError(f"pad must be one of {', '.join(PADS)}, got {pad!r}")
+    return pad
+
+
+def map_geometry(fcn: FCN, maps: str) -> Geometry:
+    """Where the cells of a map kind sit: windows (score maps) or feature cells (cell maps)."""
+    return Geometry.of(fcn.features) if maps == "cells" else fcn.geometry
+
+
 class NetInput(NamedTuple):
     x: torch.Tensor  # [3, H', W'] normalized, padded
     shape: tuple[int, int]  # (H, W) of the resized image inside it
     pad: tuple[int, int]  # (top, left) padding
 
 
-def network_input(fcn: FCN, image: Image.Image, side: int, pad: bool) -> NetInput:
-    """The normalized image with its shorter side resized to ``side``; with ``pad``, padded
-    with zeros (the mean colour) so that cell centres cover the whole image."""
+def network_input(fcn: FCN, image: Image.Image, side: int, pad: str | bool, maps: str = "scores") -> NetInput:
+    """The normalized image with its shorter side resized to ``side``, padded with zeros
+    (the mean colour) as ``pad`` says (:func:`resolve_pad`)."""
+    pad = resolve_pad(pad)
     x = to_input(image, side, fcn.info["mean"], fcn.info["std"])
     shape = (x.shape[-2], x.shape[-1])
-    if not pad:
+    if pad == "none":
         return NetInput(x, shape, (0, 0))
-    top, bottom, left, right = cover_padding(fcn, *shape)
+    net = fcn.features if (pad, maps) == ("cover", "cells") else fcn
+    top, bottom, left, right = cover_padding(net, *shape)
     return NetInput(torch.nn.functional.pad(x, (left, right, top, bottom)), shape, (top, left))
 
 
-@torch.inference_mode()
-def score_maps(fcn: FCN, batch: torch.Tensor) -> torch.Tensor:
-    """``[B, K, h, w]`` float32 score maps on the model's device."""
-    return fcn(input_like(fcn, batch)).float()
+@dataclass(frozen=True)
+class Settings:
+    """How images are explained (the keyword arguments of :func:`explain`), checked once."""
+
+    scales: tuple[float, ...]
+    maps: str = DEFAULT_MAPS
+    pad: str = DEFAULT_PAD
+    clamp: bool = DEFAULT_CLAMP
+    target: int | None = None
+    top_k: int = 1
+    box_fraction: float | None = None
+    rank: str = "auto"
+    ranking_size: int = 5
+
+    @classmethod
+    def make(cls, fcn: FCN, *, scale: Scales = DEFAULT_SCALE, maps: str = DEFAULT_MAPS,
+             pad: str | bool = DEFAULT_PAD, clamp: bool = DEFAULT_CLAMP,
+             target: int | str | None = None, top_k: int = 1, box_fraction: float | None = None,
+             rank: str = "auto", ranking_size: int = 5) -> Settings:
+        maps = resolve_maps(maps)
+        if box_fraction is None:
+            box_fraction = BOX_FRACTION[maps]
+        if not 0.0 <= box_fraction <= 1.0:
+            raise ValueError(f"box_fraction must be in [0, 1], got {box_fraction}")
+        return cls(
+            tuple(_scales(scale)), maps, resolve_pad(pad), bool(clamp),
+            resolve_class(fcn, target) if target is not None else None,
+            top_k, box_fraction, resolve_rank(fcn, rank), ranking_size,
+        )
+
+    def inputs(self, fcn: FCN, image: Image.Image) -> list[NetInput]:
+        """The network input per scale."""
+        return [network_input(fcn, image, side, self.pad, self.maps) for side in sides(fcn, self.scales)]
 
 
-def summarize(
-    fcn: FCN,
-    maps: Sequence[torch.Tensor],
-    input_shapes: Sequence[tuple[int, int]],
-    image_size: tuple[int, int],
-    *,
-    scales: Sequence[float],
-    pads: Sequence[tuple[int, int]] | None = None,
-    image: str | None = None,
-    target: int | str | None = None,
-    top_k: int = 1,
-    ranking_size: int = 5,
-    box_fraction: float = 0.2,
-    rank: str = "auto",
-) -> Explanation:
-    """Turn one image's score maps (``[K, h, w]`` per scale) into an :class:`Explanation`.
+def _choose(fcn: FCN, scores: Sequence[torch.Tensor], s: Settings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class scores ``[B, K]`` (a spatial statistic, averaged over scales) and the classes
+    to explain ``[B, T]``."""
+    mean = torch.stack([class_scores(m.detach().float(), s.rank) for m in scores]).mean(0)
+    if s.target is not None:
+        return mean, torch.full((len(mean), 1), s.target, dtype=torch.long, device=mean.device)
+    return mean, mean.topk(min(s.top_k, mean.shape[1]), dim=1).indices
+
+
+def explain_inputs(
+    fcn: FCN, inputs: Sequence[Sequence[NetInput]], image_sizes: Sequence[tuple[int, int]],
+    settings: Settings, names: Sequence[str | None] | None = None,
+) -> list[Explanation]:
+    """Explain a batch of images whose network inputs have equal shapes per scale.
 
     Args:
-        input_shapes: the resized image's (H, W) per scale, before padding.
-        image_size: (width, height) of the original image.
-        pads: (top, left) padding of the network input per scale.
-        target: class index or name; default the ``top_k`` best classes.
+        inputs: per image, its :class:`NetInput` per scale.
+        image_sizes: (width, height) of each original image.
     """
+    s = settings
+    cells = s.maps == "cells"
+    passes = [forward(fcn, torch.stack([i[k].x for i in inputs]), cells=cells) for k in range(len(s.scales))]
+    scores, chosen = _choose(fcn, [p.scores for p in passes], s)
+    maps = [cell_maps_of(p, chosen) if cells else
+            p.scores.detach().float().gather(1, chosen[:, :, None, None].expand(-1, -1, *p.scores.shape[-2:]))
+            for p in passes]
+    del passes  # frees the head's graph
+    names = names if names is not None else [None] * len(inputs)
+    return [
+        summarize_one(fcn, [m[j] for m in maps], chosen[j].tolist(), scores[j], inputs[j], image_sizes[j],
+                      s, names[j])
+        for j in range(len(inputs))
+    ]
+
+
+def summarize_one(
+    fcn: FCN, maps: Sequence[torch.Tensor], classes: Sequence[int], scores: torch.Tensor,
+    inputs: Sequence[NetInput], image_size: tuple[int, int], s: Settings, image: str | None = None,
+) -> Explanation:
+    """One image's :class:`Explanation` from its maps ``[T, h, w]`` per scale (for
+    ``classes``) and its class scores ``[K]``."""
     width, height = image_size
-    rank = resolve_rank(fcn, rank)
-    scores = torch.stack([class_scores(m, rank) for m in maps]).mean(0)
-    n = min(max(ranking_size, top_k), len(scores))
-    best = scores.topk(n).indices.tolist()
+    n = min(max(s.ranking_size, s.top_k), len(scores))
     names = fcn.class_names
     label = (lambda i: names[i]) if names else (lambda i: None)
-    ranking = [(i, label(i), float(scores[i])) for i in best]
-    chosen = [resolve_class(fcn, target)] if target is not None else best[:top_k]
-    pads = [tuple(p) for p in pads] if pads is not None else [(0, 0)] * len(maps)
-    geoms = [fcn.geometry.shifted(*p) for p in pads]
+    ranking = [(i, label(i), float(scores[i])) for i in scores.topk(n).indices.tolist()]
+    shapes = [i.shape for i in inputs]
+    pads = [i.pad for i in inputs]
+    base = map_geometry(fcn, s.maps)
+    geoms = [base.shifted(*p) for p in pads]
     exp = Explanation(
-        image, width, height, list(scales), [tuple(s) for s in input_shapes],
-        [tuple(m.shape[-2:]) for m in maps], ranking, rank, pads,
+        image, width, height, list(s.scales), shapes, [tuple(m.shape[-2:]) for m in maps],
+        ranking, s.rank, pads, maps=s.maps, clamp=s.clamp,
     )
-    for c in chosen:
-        aligned = [align(m[c], g, s, (height, width)) for m, g, s in zip(maps, geoms, input_shapes)]
-        heat = torch.stack(aligned).mean(0).cpu().numpy()
+    for t, c in enumerate(classes):
+        aligned = [align(m[t], g, sh, (height, width)) for m, g, sh in zip(maps, geoms, shapes)]
+        heat = torch.stack(aligned).mean(0)
+        if s.clamp:
+            heat = heat.clamp_(min=0)
+        heat = heat.cpu().numpy()
         if len(maps) == 1:  # the centre of the best cell, exactly
-            m = maps[0][c]
+            m = maps[0][t]
             r, q = divmod(int(m.argmax()), m.shape[-1])
-            peak = cell_centre(geoms[0], (r, q), input_shapes[0], (height, width))
+            peak = cell_centre(geoms[0], (r, q), shapes[0], (height, width))
         else:
             r, q = divmod(int(np.argmax(heat)), width)
             peak = (float(q), float(r))
         # with padding the outermost centres may lie just outside the image
         peak = (min(max(float(peak[0]), 0.0), width - 1.0), min(max(float(peak[1]), 0.0), height - 1.0))
         exp.targets.append(Target(
-            c, label(c), float(scores[c]), heat, [m[c].cpu().numpy() for m in maps],
-            peak, threshold_box(heat, box_fraction),
+            c, label(c), float(scores[c]), heat, [m[t].cpu().numpy() for m in maps],
+            peak, threshold_box(heat, s.box_fraction),
         ))
     return exp
 
@@ -226,37 +312,37 @@ def explain(
     fcn: FCN,
     image: Image.Image | np.ndarray | str | os.PathLike,
     *,
-    scale: Scales = 2.0,
+    scale: Scales = DEFAULT_SCALE,
+    maps: str = DEFAULT_MAPS,
     target: int | str | None = None,
     top_k: int = 1,
-    box_fraction: float = 0.2,
+    box_fraction: float | None = None,
     rank: str = "auto",
-    pad: bool = True,
+    pad: str | bool = DEFAULT_PAD,
+    clamp: bool = DEFAULT_CLAMP,
 ) -> Explanation:
-    """Explain one image: all class maps from one forward pass per scale.
+    """Explain one image: every class's score map from one forward pass per scale.
 
     Args:
         fcn: a converted model (:func:`fcn_cam.convert` or :func:`fcn_cam.load`).
         image: a PIL image, an ``[H, W, 3]`` uint8 array or a path.
         scale: the shorter side becomes ``scale × input_size``; several scales are fused
             by averaging their aligned heatmaps and their class scores.
+        maps: ``"scores"`` — the window score maps ``S_c``; ``"cells"`` — the exact
+            per-feature-cell decomposition ``A_c`` of the window scores, from one backward
+            pass through the head only (:mod:`fcn_cam.maps`).
         target: a class index or name (default: the ``top_k`` best classes).
         box_fraction: the box covers the largest region above this fraction of the
-            heatmap's range (CAM paper: 0.2).
+            heatmap's range (default per map kind, chosen on validation: ``BOX_FRACTION``).
         rank: how classes are ranked (``auto``, ``mean``, ``max``; module docstring).
-        pad: pad the network input with the mean colour so cell centres cover the whole
-            image (:func:`fcn_cam.geometry.cover_padding`); otherwise the outer band
-            (VGG16: 111.5 input px) has no cell of its own and shows its neighbour's value.
+        pad: ``cover`` (pad the input with the mean colour just enough that the map's cells
+            cover the whole image), ``window`` or ``none`` (:func:`resolve_pad`).
+        clamp: clamp the heatmap at 0 (negative evidence shown as none).
     """
     img, name = _as_image(image)
-    scales = _scales(scale)
-    inputs = [network_input(fcn, img, side, pad) for side in sides(fcn, scales)]
-    maps = [score_maps(fcn, i.x[None])[0] for i in inputs]
-    return summarize(
-        fcn, maps, [i.shape for i in inputs], img.size, scales=scales,
-        pads=[i.pad for i in inputs], image=name,
-        target=target, top_k=top_k, box_fraction=box_fraction, rank=rank,
-    )
+    s = Settings.make(fcn, scale=scale, maps=maps, pad=pad, clamp=clamp, target=target, top_k=top_k,
+                      box_fraction=box_fraction, rank=rank)
+    return explain_inputs(fcn, [s.inputs(fcn, img)], [img.size], s, [name])[0]
 
 
 @dataclass
@@ -288,42 +374,37 @@ def explain_files(
     fcn: FCN,
     paths: Iterable[str | os.PathLike],
     *,
-    scale: Scales = 2.0,
+    scale: Scales = DEFAULT_SCALE,
+    maps: str = DEFAULT_MAPS,
     target: int | str | None = None,
     top_k: int = 1,
-    box_fraction: float = 0.2,
+    box_fraction: float | None = None,
     batch_size: int = 8,
     workers: int = 2,
     rank: str = "auto",
-    pad: bool = True,
+    pad: str | bool = DEFAULT_PAD,
+    clamp: bool = DEFAULT_CLAMP,
 ) -> Iterator[Result]:
     """Explain many files, in order; a file that fails yields a :class:`Result` with the error.
 
-    Decoding and resizing run in a thread pool ahead of the network; consecutive images
-    whose inputs have the same shape are batched (others run alone — padding would change
-    the border cells).
+    Takes :func:`explain`'s keyword arguments. Decoding and resizing run in a thread pool
+    ahead of the network; consecutive images whose inputs have the same shape are batched
+    (others run alone — padding would change the border cells).
     """
-    scales = _scales(scale)
-    side_list = sides(fcn, scales)
-    resolve_rank(fcn, rank)  # fail once, before any work
-    if target is not None:
-        resolve_class(fcn, target)
+    s = Settings.make(fcn, scale=scale, maps=maps, pad=pad, clamp=clamp, target=target, top_k=top_k,
+                      box_fraction=box_fraction, rank=rank)  # fails once, before any work
 
     def prepare(path: Path) -> tuple[Path, Image.Image | None, list[NetInput] | None, str | None]:
         try:
             img = load_image(path)
-            return path, img, [network_input(fcn, img, s, pad) for s in side_list], None
+            return path, img, s.inputs(fcn, img), None
         except ImageError as e:
             return path, None, None, str(e)
 
     def flush(group: list) -> Iterator[Result]:
-        per_scale = [score_maps(fcn, torch.stack([g[2][i].x for g in group])) for i in range(len(scales))]
-        for j, (path, img, inputs, _) in enumerate(group):
-            exp = summarize(
-                fcn, [m[j] for m in per_scale], [i.shape for i in inputs], img.size,
-                scales=scales, pads=[i.pad for i in inputs], image=str(path), target=target, top_k=top_k,
-                box_fraction=box_fraction, rank=rank,
-            )
+        exps = explain_inputs(fcn, [g[2] for g in group], [g[1].size for g in group], s,
+                              [str(g[0]) for g in group])
+        for (path, img, _, _), exp in zip(group, exps):
             yield Result(path, exp, img)
 
     group: list = []

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .geometry import SHORTCUT_NAMES, Geometry, map_size, spatial_layers
+from .head import run_head
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -59,6 +60,9 @@ class FCN(nn.Module):
         head: the classifier as convolutions.
         info: plain metadata (architecture, class names, input size, normalization,
             head kind, output stride, exactness result, weights).
+        head_mode: how the head runs, ``"gemm"`` (window-grid matrix products, the
+            default) or ``"conv"`` (its convolutions); a run-time choice, not saved
+            (:mod:`fcn_cam.head`).
     """
 
     def __init__(self, features: nn.Module, head: nn.Sequential, info: dict) -> None:
@@ -66,9 +70,14 @@ class FCN(nn.Module):
         self.features = features
         self.head = head
         self.info = info
+        self.head_mode = "gemm"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.run_head(self.features(x))
+
+    def run_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The head on a ``[B, C, H, W]`` feature map → ``[B, K, h, w]`` score maps."""
+        return run_head(self.head, features, self.head_mode)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Spatial mean of the score maps: the original logits at ``input_size`` (and, for

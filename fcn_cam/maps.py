@@ -1,0 +1,92 @@
+"""The two kinds of class maps a converted net gives: window score maps and cell maps.
+
+**Score maps** ``S_c(w)``: the classifier's logit for class ``c`` on window ``w`` of the
+feature map, one forward pass for every class (:func:`score_maps`).
+
+**Cell maps** ``A_c(p)``: the exact share of feature cell ``p`` in the window scores. The
+head (convs from Linears, ReLU-like gates, folded BatchNorm) is piecewise linear in the
+body's feature map ``F``: with its gates fixed, ``S_c(w) = Σ_{p∈w} ⟨∂S_c(w)/∂F(p), F(p)⟩ +
+β_c(w)``, where ``β_c(w)`` collects the biases passed through the same gates. Summed over
+windows::
+
+    A_c(p) = ⟨ ∂(Σ_w S_c(w)) / ∂F(p), F(p) ⟩        (summed over channels)
+
+so ``Σ_p A_c(p) = Σ_w (S_c(w) - β_c(w))``. One backward pass through the **head only**,
+batched over the explained classes (the gates are shared); the body runs without a graph.
+For a GAP head this is CAM without its bias; for an FC head at the native size it is
+gradient × activation of the original model at its flatten input (HiResCAM, Draelos &
+Carin 2020). Exact for ReLU / LeakyReLU / PReLU / identity gates; a first-order
+approximation for smooth activations (GELU, SiLU, …). Cells sit at the feature map's own
+centres: ``Geometry.of(fcn.features)``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .runtime import input_like
+from .surgery import FCN
+
+MAP_KINDS = ("scores", "cells")
+
+
+class Forward(NamedTuple):
+    """One forward pass: the body's features and the head's score maps."""
+
+    features: torch.Tensor  # [B, C, fh, fw]; requires grad when cells are wanted
+    scores: torch.Tensor  # [B, K, h, w]; attached to the head's graph when cells are wanted
+
+
+def forward(fcn: FCN, batch: torch.Tensor, *, cells: bool = False) -> Forward:
+    """Run ``fcn`` on an image batch (moved to its device, dtype and memory format).
+
+    With ``cells``, the head's graph is kept (the body's never is) so that
+    :func:`cell_maps_of` can run the backward pass for the classes chosen afterwards.
+    """
+    x = input_like(fcn, batch)
+    if not cells:
+        with torch.inference_mode():
+            f = fcn.features(x)
+            return Forward(f, fcn.run_head(f))
+    with torch.no_grad():
+        f = fcn.features(x)
+    f = f.detach().requires_grad_(True)
+    with torch.enable_grad():
+        return Forward(f, fcn.run_head(f))
+
+
+def cell_maps_of(fw: Forward, classes: torch.Tensor) -> torch.Tensor:
+    """Cell maps ``[B, T, fh, fw]`` for ``classes`` ``[B, T]`` (class indices per image).
+
+    One vector–Jacobian product per class slot ``t``, batched: the grad output is the
+    one-hot ``[T, B, K, h, w]`` selecting class ``classes[b, t]`` in every window.
+    """
+    f, s = fw.features, fw.scores
+    if not f.requires_grad or s.grad_fn is None:
+        raise ValueError("cell maps need a forward pass with cells=True")
+    classes = classes.to(s.device)
+    b, t = classes.shape
+    onehot = torch.zeros(t, *s.shape, device=s.device, dtype=s.dtype)
+    onehot[torch.arange(t)[:, None], torch.arange(b)[None, :], classes.T] = 1
+    with torch.enable_grad():
+        if t == 1:
+            (grad,) = torch.autograd.grad(s, f, onehot[0], retain_graph=True)
+            grad = grad[None]
+        else:
+            (grad,) = torch.autograd.grad(s, f, onehot, retain_graph=True, is_grads_batched=True)
+    cells = (grad * f.detach()[None]).sum(2, dtype=torch.float32)  # [T, B, fh, fw]
+    return cells.transpose(0, 1)
+
+
+def score_maps(fcn: FCN, batch: torch.Tensor) -> torch.Tensor:
+    """``[B, K, h, w]`` float32 window score maps on the model's device."""
+    return forward(fcn, batch).scores.float()
+
+
+def cell_maps(fcn: FCN, batch: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score maps ``[B, K, h, w]`` and cell maps ``[B, T, fh, fw]`` (float32) for ``classes``
+    ``[B, T]``, from one forward pass and one head-only backward pass."""
+    fw = forward(fcn, batch, cells=True)
+    return fw.scores.detach().float(), cell_maps_of(fw, classes)

@@ -1,0 +1,172 @@
+"""Cell maps: the exact decomposition of window scores, against independent computations."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from conftest import NATIVE, convert_planted, randomize_batchnorm, small_vgg
+from PIL import Image
+from torch import nn
+
+import fcn_cam
+from fcn_cam.geometry import Geometry
+from fcn_cam.maps import cell_maps, forward
+
+CLASSES = torch.tensor([[3, 0], [1, 4]])
+
+
+def small_gap(num_classes: int = 5) -> nn.Sequential:
+    torch.manual_seed(1)
+    features = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+    )
+    return randomize_batchnorm(nn.Sequential(OrderedDict(
+        features=features, pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(16, num_classes),
+    ))).eval()
+
+
+def prelu_vgg() -> nn.Sequential:
+    """small_vgg with BatchNorm1d and LeakyReLU in the head (still piecewise linear)."""
+    model = small_vgg()
+    model.classifier = nn.Sequential(
+        nn.Linear(32 * 4 * 4, 64), nn.BatchNorm1d(64), nn.LeakyReLU(0.1), nn.Linear(64, 5),
+    )
+    return randomize_batchnorm(model, seed=3).eval()
+
+
+def batch(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def test_gap_head_cells_equal_cam_minus_bias():
+    model = small_gap()
+    fcn = fcn_cam.convert(model, NATIVE)
+    x = batch(2, 72, 104)
+    _, cells = cell_maps(fcn, x, CLASSES)
+    with torch.no_grad():
+        f = model.features(x)
+    for b in range(2):
+        for t in range(2):
+            c = int(CLASSES[b, t])
+            cam = torch.einsum("k,khw->hw", model.fc.weight[c], f[b])  # Zhou et al., without b_c
+            torch.testing.assert_close(cells[b, t], cam, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [small_vgg, prelu_vgg])
+def test_fc_head_native_equals_gradient_times_activation(make):
+    """One window at the native size: A_c = Σ_channels ∂logit_c/∂F ⊙ F of the ORIGINAL model."""
+    model = make()
+    fcn = fcn_cam.convert(model, NATIVE)
+    x = batch(2, NATIVE, NATIVE, seed=1)
+    _, cells = cell_maps(fcn, x, CLASSES)
+    f = model.features(x).detach().requires_grad_()
+    logits = model.classifier(model.flatten(f))
+    for b in range(2):
+        for t in range(2):
+            (g,) = torch.autograd.grad(logits[b, CLASSES[b, t]], f, retain_graph=True)
+            torch.testing.assert_close(cells[b, t], (g * f)[b].sum(0), rtol=1e-4, atol=1e-6)
+
+
+def _bias_only(fcn: fcn_cam.FCN, f: torch.Tensor) -> torch.Tensor:
+    """β_c(w): the head's output with its gates fixed by ``f`` and the input set to zero.
+
+    Runs the head layer by layer as convolutions; each (Leaky)ReLU's slope pattern comes
+    from the real activations and is applied to the zero-input path.
+    """
+    a, z = f, torch.zeros_like(f)
+    for layer in fcn.head:
+        if isinstance(layer, nn.Conv2d):
+            a, z = layer(a), layer(z)
+        else:
+            slope = torch.where(a > 0, torch.ones_like(a), torch.full_like(a, getattr(layer, "negative_slope", 0.0)))
+            a, z = layer(a), z * slope
+    return z
+
+
+@pytest.mark.parametrize("output_stride", [None, 8])
+def test_cells_sum_to_window_scores_minus_bias_part(output_stride):
+    fcn = fcn_cam.convert(prelu_vgg(), NATIVE, output_stride=output_stride)
+    x = batch(2, 2 * NATIVE, 2 * NATIVE + 24, seed=2)  # many windows
+    scores, cells = cell_maps(fcn, x, CLASSES)
+    with torch.no_grad():
+        f = fcn.features(x)
+        beta = _bias_only(fcn, f)
+    assert scores.shape[-1] > 1 and scores.shape[-2] > 1
+    for b in range(2):
+        for t in range(2):
+            c = int(CLASSES[b, t])
+            want = (scores[b, c] - beta[b, c]).sum()
+            assert cells[b, t].sum().item() == pytest.approx(want.item(), rel=1e-4, abs=1e-4)
+
+
+def test_gemm_head_equals_conv_head_for_scores_and_cells():
+    fcn = fcn_cam.convert(prelu_vgg(), NATIVE, output_stride=8)
+    x = batch(2, 150, 130, seed=4)
+    fcn.head_mode = "gemm"
+    s1, c1 = cell_maps(fcn, x, CLASSES)
+    fcn.head_mode = "conv"
+    s2, c2 = cell_maps(fcn, x, CLASSES)
+    torch.testing.assert_close(s1, s2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(c1, c2, rtol=1e-4, atol=1e-5)
+
+
+def test_cells_in_bf16_follow_fp32():
+    fcn = fcn_cam.convert(small_vgg(), NATIVE)
+    x = batch(1, 2 * NATIVE, 2 * NATIVE, seed=5)
+    _, ref = cell_maps(fcn, x, CLASSES[:1])
+    _, got = cell_maps(fcn_cam.prepare(fcn, precision="bf16"), x, CLASSES[:1])
+    assert got.dtype == torch.float32
+    r = np.corrcoef(ref.flatten().numpy(), got.flatten().numpy())[0, 1]
+    assert r > 0.98
+
+
+def test_no_graph_or_grad_left_behind():
+    fcn = fcn_cam.convert(small_vgg(), NATIVE)
+    fw = forward(fcn, batch(1, NATIVE, NATIVE), cells=True)
+    assert fw.scores.grad_fn is not None  # the head's graph only ...
+    assert all(p.grad is None for p in fcn.parameters())
+    cell_maps(fcn, batch(1, NATIVE, NATIVE), CLASSES[:1])
+    assert all(p.grad is None for p in fcn.parameters())  # ... and no parameter gradients
+    assert not forward(fcn, batch(1, NATIVE, NATIVE)).scores.requires_grad
+
+
+def test_explain_cells_points_at_the_planted_patch():
+    """Cells sit at the feature map's own centres; the peak lands on the red patch."""
+    fcn = convert_planted()
+    img = np.zeros((96, 128, 3), np.uint8)
+    img[52:60, 84:92] = (255, 0, 0)  # centre (87.5, 55.5) in pixel-centre coordinates
+    for pad in ("cover", "window", "none"):
+        exp = fcn_cam.explain(fcn, Image.fromarray(img), scale=1.5, maps="cells", target="red", pad=pad)
+        assert exp.maps == "cells" and exp.record()["maps"] == "cells"
+        t = exp.targets[0]
+        assert abs(t.peak[0] - 87.5) <= 8 and abs(t.peak[1] - 55.5) <= 8, (pad, t.peak)
+        x0, y0, x1, y1 = t.box
+        assert x0 <= 86 and x1 >= 90 and y0 <= 54 and y1 >= 58
+        assert (x1 - x0) * (y1 - y0) < 0.5 * 96 * 128  # not the whole image
+    # the map's grid is the feature map's: 8 px stride for three 2×2 pools
+    assert Geometry.of(fcn.features).x.stride == 8
+
+
+def test_cover_padding_for_cells_is_smaller_than_for_windows():
+    fcn = fcn_cam.convert(small_vgg(), NATIVE)
+    img = Image.new("RGB", (100, 80), "gray")
+    cells = fcn_cam.explain(fcn, img, maps="cells", pad="cover")
+    scores = fcn_cam.explain(fcn, img, maps="scores", pad="cover")
+    assert sum(cells.pads[0]) < sum(scores.pads[0])
+    # feature cells' centres cover every pixel: first centre at or before 0
+    g = Geometry.of(fcn.features).shifted(*cells.pads[0])
+    assert g.y.offset <= 0 and g.x.offset <= 0
+
+
+def test_explain_files_cells_equal_single_images(photos):
+    fcn = fcn_cam.convert(small_vgg(), NATIVE)
+    paths = [photos["cat"], photos["coffee"], photos["cat"]]
+    many = list(fcn_cam.explain_files(fcn, paths, scale=[1, 1.5], maps="cells", top_k=2, batch_size=4))
+    for r, p in zip(many, paths):
+        one = fcn_cam.explain(fcn, p, scale=[1, 1.5], maps="cells", top_k=2)
+        assert [t.index for t in r.explanation.targets] == [t.index for t in one.targets]
+        np.testing.assert_allclose(r.explanation.targets[1].heatmap, one.targets[1].heatmap, rtol=1e-4, atol=1e-5)

@@ -204,3 +204,31 @@ def test_twins_classify_unseen_scenes(models):
         assert (out.argmax(1).numpy() == s.labels).mean() > MIN_ACCURACY
     # the bound is not met by chance
     assert (untrained.argmax(1).numpy() == s.labels).mean() < MIN_ACCURACY / 2
+
+
+# --- the demo --------------------------------------------------------------------------------
+
+
+def test_demo_reports_the_truth(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from fcn_cam.explain import BOX_FRACTION, DEFAULT_CLAMP, DEFAULT_MAPS, DEFAULT_PAD, DEFAULT_SCALE
+    from fcn_cam.demo.showcase import run
+    from fcn_cam.metrics import iou
+
+    res = run(tmp_path, n=4, seed=11)
+    s = demo.scenes(4, seed=11, split="test")  # the same random sample, not a hand-picked one
+    recs = [json.loads(x) for x in (tmp_path / "explanations.jsonl").read_text().splitlines()]
+    said = [r["class_name"] for r in recs]
+    assert res["correct"] == sum(c == demo.CLASS_NAMES[k] for c, k in zip(said, s.labels, strict=True))
+    ious = [iou(r["box"], b) for r, b in zip(recs, s.boxes, strict=True)]
+    assert res["mean_iou"] == pytest.approx(np.mean(ious))
+    # explained with explain's defaults
+    scales = [DEFAULT_SCALE] if isinstance(DEFAULT_SCALE, int | float) else list(DEFAULT_SCALE)
+    assert res["settings"] == {"maps": DEFAULT_MAPS, "scale": scales, "pad": DEFAULT_PAD,
+                               "clamp": DEFAULT_CLAMP, "box_fraction": BOX_FRACTION[DEFAULT_MAPS]}
+    assert all(r["maps"] == DEFAULT_MAPS for r in recs)
+    fig = Image.open(tmp_path / "comparison.png")
+    assert fig.width / fig.height == pytest.approx(5 * 2.5 / (4 * 2.6), rel=0.1)  # 5 columns, 4 rows

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from . import zoo
-from .explain import Result, explain_files, prefetch, resolve_class, resolve_rank
+from .explain import (
+    DEFAULT_CLAMP,
+    DEFAULT_MAPS,
+    DEFAULT_PAD,
+    DEFAULT_SCALE,
+    Result,
+    Settings,
+    explain_files,
+    prefetch,
+)
 from .images import find_images
 from .modelfile import ModelFileError, load, read, save
 from .outputs import OutputDir
 from .render import check_colormap
-from .runtime import prepare
+from .runtime import prepare, resolve_device
 from .surgery import FCN, ConversionError
 
 app = typer.Typer(
@@ -33,11 +43,11 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def open_model(model: str, weights: str, output_stride: int | None) -> FCN:
+def open_model(model: str, weights: str, output_stride: int | None, device: str = "cpu") -> FCN:
     """A model file, or an architecture name converted on the fly."""
     if model in zoo.ARCHS and not Path(model).exists():
-        return zoo.load_arch(model, weights, output_stride=output_stride)
-    fcn = load(model)
+        return zoo.load_arch(model, weights, output_stride=output_stride, device=resolve_device(device))
+    fcn = load(model, map_location=resolve_device(device))
     if output_stride is not None and output_stride != fcn.info["output_stride"]:
         raise ValueError(
             f"{model}: was converted with output stride {fcn.info['output_stride']}; "
@@ -56,12 +66,13 @@ def convert(
     output_stride: Annotated[int | None, typer.Option(
         help="Score-map stride in input pixels (32 native; 16 or 8 by dilation).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    device: Annotated[str, typer.Option(help="Convert and check on: auto, cpu, cuda, cuda:N, mps.")] = "cpu",
 ) -> None:
     """Build a torchvision classifier, convert its head to convolutions, check it, save it."""
     if output.exists() and not overwrite:
         raise fail(f"{output}: already exists (pass --overwrite)")
     try:
-        fcn = zoo.load_arch(arch, weights, output_stride=output_stride)
+        fcn = zoo.load_arch(arch, weights, output_stride=output_stride, device=device)
         save(fcn, output, overwrite=overwrite)
     except EXPECTED as e:
         raise fail(str(e)) from None
@@ -83,9 +94,14 @@ def explain(
     class_: Annotated[str | None, typer.Option(
         "--class", help="Target class index or name (default: the best class).")] = None,
     top_k: Annotated[int, typer.Option(help="Explain the K best classes.", min=1)] = 1,
-    pad: Annotated[bool, typer.Option(
-        help="Pad the input with the mean colour so cell centres cover the whole image "
-        "(costs more compute; without it the outer band repeats its neighbour's value).")] = True,
+    maps: Annotated[str, typer.Option(
+        help="'scores': the window score maps; 'cells': their exact decomposition over "
+        "feature cells (one backward pass through the head only).")] = DEFAULT_MAPS,
+    pad: Annotated[str, typer.Option(
+        help="Pad the input with the mean colour: 'cover' just enough that the map's cells "
+        "cover the whole image, 'window', or 'none' (the outer band repeats its neighbour).")] = DEFAULT_PAD,
+    no_pad: Annotated[bool, typer.Option("--no-pad", help="Same as --pad none.")] = False,
+    clamp: Annotated[bool, typer.Option(help="Clamp heatmaps at 0 (no negative evidence).")] = DEFAULT_CLAMP,
     rank: Annotated[str, typer.Option(
         help="Rank classes by the spatial 'mean' or 'max' of their maps; 'auto': mean for GAP "
         "heads (= the logits), max (the strongest window) for FC heads.")] = "auto",
@@ -93,13 +109,17 @@ def explain(
         "-o", "--output-dir", help="Write overlays, raw maps and explanations.jsonl here.")] = None,
     colormap: Annotated[str, typer.Option(help="Matplotlib colormap for overlays.")] = "jet",
     alpha: Annotated[float, typer.Option(help="Heatmap opacity in overlays.", min=0, max=1)] = 0.5,
-    box_fraction: Annotated[float, typer.Option(
-        help="Box = largest region above this fraction of the heatmap's range.", min=0, max=1)] = 0.2,
+    box_fraction: Annotated[float | None, typer.Option(
+        help="Box = largest region above this fraction of the heatmap's range "
+        "(default per map kind, chosen on validation).", min=0, max=1)] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.", min=1)] = 8,
     weights: Annotated[str, typer.Option(help="Weights when --model is an architecture name.")] = "DEFAULT",
     output_stride: Annotated[int | None, typer.Option(
         help="Score-map stride when --model is an architecture name.")] = None,
-    precision: Annotated[str, typer.Option(help="fp32, or bf16 (faster on CPUs with bf16 units).")] = "fp32",
+    precision: Annotated[str, typer.Option(
+        help="auto (bf16 only where the hardware has bf16 units, else fp32), fp32, bf16, "
+        "or fp16 (GPU).")] = "auto",
+    device: Annotated[str, typer.Option(help="auto (CUDA if available), cpu, cuda, cuda:N, mps.")] = "auto",
     channels_last: Annotated[bool, typer.Option(help="Channels-last memory format.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> None:
@@ -109,12 +129,17 @@ def explain(
     image's size), `<stem>_cam.npy` (raw score map) and `explanations.jsonl`. A file that
     fails is reported and the rest go on; the exit code is then 1.
     """
+    pad = "none" if no_pad else pad
     try:
         check_colormap(colormap)
-        fcn = prepare(open_model(model, weights, output_stride), precision, channels_last)
-        resolve_rank(fcn, rank)
-        if class_ is not None:
-            resolve_class(fcn, class_)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fcn = prepare(open_model(model, weights, output_stride, device), precision, device, channels_last,
+                          copy=False)
+        for w in caught:
+            typer.echo(f"warning: {w.message}", err=True)
+        Settings.make(fcn, scale=scale or DEFAULT_SCALE, maps=maps, pad=pad, clamp=clamp, target=class_,
+                      top_k=top_k, box_fraction=box_fraction, rank=rank)
         out = OutputDir(output_dir, overwrite=overwrite, colormap=colormap, alpha=alpha) if output_dir else None
     except EXPECTED as e:
         raise fail(str(e)) from None
@@ -124,8 +149,8 @@ def explain(
     progress = sys.stderr.isatty()
     failed = 0
     results = explain_files(
-        fcn, paths, scale=scale or [2.0], target=class_, top_k=top_k,
-        box_fraction=box_fraction, batch_size=batch_size, rank=rank, pad=pad,
+        fcn, paths, scale=scale or DEFAULT_SCALE, maps=maps, target=class_, top_k=top_k,
+        box_fraction=box_fraction, batch_size=batch_size, rank=rank, pad=pad, clamp=clamp,
     )
 
     def finish(r: Result) -> Result:

@@ -15,6 +15,7 @@ import torch
 import torchvision
 from torch import nn
 
+from .runtime import resolve_device
 from .surgery import FCN, IMAGENET_MEAN, IMAGENET_STD, convert
 
 ARCHS: tuple[str, ...] = (
@@ -90,9 +91,14 @@ def build(arch: str, weights: str = "DEFAULT") -> tuple[nn.Module, str]:
     return _download(arch, weights).eval(), weights
 
 
-def load_arch(arch: str, weights: str = "DEFAULT", *, output_stride: int | None = None) -> FCN:
-    """Build a torchvision architecture by name and convert it (the `convert ARCH` path)."""
+def load_arch(
+    arch: str, weights: str = "DEFAULT", *, output_stride: int | None = None,
+    device: str | torch.device = "cpu",
+) -> FCN:
+    """Build a torchvision architecture by name and convert it on ``device`` (the
+    `convert ARCH` path)."""
     model, label = build(arch, weights)
+    model = model.to(resolve_device(device))
     return convert(
         model, 224, output_stride=output_stride, class_names=imagenet_classes(arch),
         mean=IMAGENET_MEAN, std=IMAGENET_STD, arch=arch, weights=label,

@@ -59,8 +59,10 @@ class Bench:
         """The same bench on the first scenes of each split (no rows)."""
         sub = object.__new__(Bench)
         sub.__dict__.update(self.__dict__)
-        sub.val, sub.test = (Scenes(*(getattr(d, f)[:n] for f in ("images", "labels", "boxes", "masks")),
-                                    d.class_names) for d, n in ((self.val, n_val), (self.test, n_test)))
+        sub.val, sub.test = (
+            Scenes(*(getattr(d, f)[:n] for f in ("images", "labels", "boxes", "masks")), d.class_names)
+            for d, n in ((self.val, n_val), (self.test, n_test))
+        )
         sub.rows, sub.disc = {}, {}
         return sub
 
@@ -72,8 +74,11 @@ class Bench:
         row["top1"] = top1
         row.update(extra)
         self.rows[name] = row
-        log(f"{name:<58} box {row['box_acc_swept']:.3f} (f={row['box_fraction_val']})  point {row['pointing']:.3f}"
-            f"  energy {row['energy']:.3f}  del {row.get('deletion_auc', float('nan')):.3f}")
+        log(
+            f"{name:<58} box {row['box_acc_swept']:.3f} (f={row['box_fraction_val']})  "
+            f"point {row['pointing']:.3f}"
+            f"  energy {row['energy']:.3f}  del {row.get('deletion_auc', float('nan')):.3f}"
+        )
         return row
 
 
@@ -81,10 +86,14 @@ def subset_raw(r: fcnmaps.Raw, n: int) -> fcnmaps.Raw:
     return fcnmaps.Raw(r.scores[:n], r.cells[:n], r.shape, r.pad, r.pixels, r.hw)
 
 
-def fcn_rows(b: Bench, fcn, name: str, cfgs: list[Config], val_raws: dict, test_raws: dict,
-             suffix: str = "", **extra) -> None:
+def fcn_rows(
+    b: Bench, fcn, name: str, cfgs: list[Config], val_raws: dict, test_raws: dict, suffix: str = "", **extra
+) -> None:
     """Test rows of FCN-CAM configurations (maps from the cached raw forwards)."""
     for cfg in cfgs:
+        for raws, data in ((val_raws, b.val), (test_raws, b.test)):  # inputs the sweep did not need
+            for s, p in {fcnmaps.input_key(s, cfg.pad, cfg.kind) for s in cfg.scales} - set(raws):
+                raws[s, p] = fcnmaps.forward(fcn, data.images, data.labels[:, None], s, p)
         v = config_maps(fcn, val_raws, cfg, b.val.labels[:, None])
         t = config_maps(fcn, test_raws, cfg, b.test.labels[:, None])
         top1 = float((fcnmaps.predictions(fcn, pick(test_raws, cfg)) == b.test.labels).mean())
@@ -115,13 +124,17 @@ def main() -> None:
     load = ForeignLoad()
     torch.manual_seed(0)
     b = Bench(args)
-    acc = {"fc_twin": float((methods.predict(b.fc, b.test.images) == b.test.labels).mean()),
-           "gap_twin": float((methods.predict(b.gap, b.test.images) == b.test.labels).mean())}
+    acc = {
+        "fc_twin": float((methods.predict(b.fc, b.test.images) == b.test.labels).mean()),
+        "gap_twin": float((methods.predict(b.gap, b.test.images) == b.test.labels).mean()),
+    }
     log(f"native top-1: FC twin {acc['fc_twin']:.3f}, GAP twin {acc['gap_twin']:.3f}")
 
     # 1. defaults on validation
-    val_raws = {(s, p): fcnmaps.forward(b.fcn, b.val.images, b.val.labels[:, None], s, p)
-                for s, p in selection.sweep_keys(pads)}
+    val_raws = {
+        (s, p): fcnmaps.forward(b.fcn, b.val.images, b.val.labels[:, None], s, p)
+        for s, p in selection.sweep_keys(pads)
+    }
     log(f"validation forwards done ({len(val_raws)} scale × padding)")
     val_rows = [selection.evaluate(b.fcn, val_raws, b.val, c) for c in selection.configs(pads)]
     choice = selection.choose(val_rows)
@@ -142,8 +155,14 @@ def main() -> None:
     cfgs: list[Config] = []
     for k in KINDS:
         c = kind_cfg[k]
-        fused = max((r for r in val_rows if r["maps"] == k and r["pad"] == c.pad and r["clamp"] == c.clamp
-                     and len(r["scale"]) > 1), key=lambda r: r["box_acc"])
+        fused = max(
+            (
+                r
+                for r in val_rows
+                if r["maps"] == k and r["pad"] == c.pad and r["clamp"] == c.clamp and len(r["scale"]) > 1
+            ),
+            key=lambda r: r["box_acc"],
+        )
         for ss in [*((s,) for s in SINGLE), tuple(fused["scale"])]:
             cfgs.append(Config(k, ss, c.pad, c.clamp))
     fcn_rows(b, b.fcn, "FCN-CAM ", cfgs, val_raws, test_raws)
@@ -177,7 +196,13 @@ def main() -> None:
         top1 = float((fcnmaps.predictions(b.cam, pick(tr, c)) == b.test.labels).mean())
         if c == cam_cfg:
             gap_maps = t
-        b.add(f"GAP-CAM (GAP twin), scale {s:g}" + (" (native: true CAM)" if c == cam_cfg else ""), v, t, b.gap, top1)
+        b.add(
+            f"GAP-CAM (GAP twin), scale {s:g}" + (" (native: true CAM)" if c == cam_cfg else ""),
+            v,
+            t,
+            b.gap,
+            top1,
+        )
     gapcam = "GAP-CAM (GAP twin), scale 1 (native: true CAM)"
     gc_maps = {}
     for label, model in (("FC twin", b.fc), ("GAP twin", b.gap)):
@@ -188,9 +213,20 @@ def main() -> None:
             b.add(f"Grad-CAM ({label}, {impl})", fn(model, b.val.images, b.val.labels), t, model, top1)
     gradcam = "Grad-CAM (FC twin, torchcam)"
     gradcam_diff = float(np.abs(gc_maps["FC twin", "torchcam"] - gc_maps["FC twin", "fcn_cam.gradcam"]).max())
-    b.add("centre baseline", methods.centre_maps(len(b.val), b.hw), methods.centre_maps(len(b.test), b.hw), b.fc, None)
-    b.add("random baseline", methods.random_maps(len(b.val), b.hw, 1), methods.random_maps(len(b.test), b.hw, 2),
-          b.fc, None)
+    b.add(
+        "centre baseline",
+        methods.centre_maps(len(b.val), b.hw),
+        methods.centre_maps(len(b.test), b.hw),
+        b.fc,
+        None,
+    )
+    b.add(
+        "random baseline",
+        methods.random_maps(len(b.val), b.hw, 1),
+        methods.random_maps(len(b.test), b.hw, 2),
+        b.fc,
+        None,
+    )
 
     # 3. class discrimination on two-digit scenes
     disc_cfgs = {default_name: default, f"FCN-CAM {same_other.label()}": same_other}
@@ -201,11 +237,13 @@ def main() -> None:
     for name, c in disc_cfgs.items():
         b.disc[name] = scoring.discrimination(pair_maps_fcn(b, c, pair_raws), b.pairs)
     cam_raws = {(1.0, "none"): fcnmaps.forward(b.cam, b.pairs.images, b.pairs.labels, 1.0, "none")}
-    b.disc[gapcam] = scoring.discrimination([config_maps(b.cam, cam_raws, cam_cfg, b.pairs.labels, j)
-                                             for j in (0, 1)], b.pairs)
+    b.disc[gapcam] = scoring.discrimination(
+        [config_maps(b.cam, cam_raws, cam_cfg, b.pairs.labels, j) for j in (0, 1)], b.pairs
+    )
     for label, model in (("FC twin", b.fc), ("GAP twin", b.gap)):
         b.disc[f"Grad-CAM ({label}, torchcam)"] = scoring.discrimination(
-            [methods.gradcam_torchcam(model, b.pairs.images, b.pairs.labels[:, j]) for j in (0, 1)], b.pairs)
+            [methods.gradcam_torchcam(model, b.pairs.images, b.pairs.labels[:, j]) for j in (0, 1)], b.pairs
+        )
     b.disc["centre baseline"] = scoring.discrimination([methods.centre_maps(len(b.pairs), b.hw)] * 2, b.pairs)
     for name, d in b.disc.items():
         log(f"discrimination {name:<50} {d['discrimination']:.3f} (both {d['both_digits']:.3f})")
@@ -220,8 +258,9 @@ def main() -> None:
         ranking.append(r)
     default_top1 = b.rows[default_name]["top1"]
     dmaps = config_maps(b.fcn, test_raws, default, b.test.labels[:, None])
-    check = fcnmaps.explain_check(b.fcn, default, b.test.images[:16], b.test.labels[:16], dmaps[:16],
-                                  fractions[default.kind])
+    check = fcnmaps.explain_check(
+        b.fcn, default, b.test.images[:16], b.test.labels[:16], dmaps[:16], fractions[default.kind]
+    )
     cam_diff = methods.torchcam_cam_check(b.gap, b.cam, b.test.images[:32], b.test.labels[:32])
     box_areas = scoring.box_stats(dmaps, b.test.boxes, fractions[default.kind])
 
@@ -230,23 +269,38 @@ def main() -> None:
     kinds_maps = {default.kind: dmaps, other: config_maps(b.fcn, test_raws, same_other, b.test.labels[:, None])}
     for i in range(6):
         maps = [kinds_maps["scores"][i], kinds_maps["cells"][i], gap_maps[i], gc_maps["FC twin", "torchcam"][i]]
-        fr = [fractions["scores"], fractions["cells"], b.rows[gapcam]["box_fraction_val"],
-              b.rows[gradcam]["box_fraction_val"]]
-        fig_rows.append({"image": b.test.images[i], "truth": b.test.boxes[i], "maps": maps,
-                         "boxes": [threshold_box(m, f) for m, f in zip(maps, fr)],
-                         "labels": [f"box at {f:.2f}" for f in fr]})
+        fr = [
+            fractions["scores"],
+            fractions["cells"],
+            b.rows[gapcam]["box_fraction_val"],
+            b.rows[gradcam]["box_fraction_val"],
+        ]
+        fig_rows.append(
+            {
+                "image": b.test.images[i],
+                "truth": b.test.boxes[i],
+                "maps": maps,
+                "boxes": [threshold_box(m, f) for m, f in zip(maps, fr)],
+                "labels": [f"box at {f:.2f}" for f in fr],
+            }
+        )
     comparison_figure(fig_rows, out / "localization.png")
 
     elapsed = time.time() - t0
     defaults = {**default.as_dict(), "box_fraction": fractions, "rank": "auto"}
     val_sorted = sorted(val_rows, key=lambda r: (-r["box_acc"], -r["pointing"], r["cost_pixels"]))
     res = {
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix().split("/")[-2] + "/"
-                                         + Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": "python "
+        + " ".join([Path(sys.argv[0]).as_posix().split("/")[-2] + "/" + Path(sys.argv[0]).name, *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "minutes": elapsed / 60,
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "foreign_cores": load.cores()},
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "foreign_cores": load.cores(),
+        },
         "twins": f"{WEIGHTS_PATH.name}, sha256 {sha256(WEIGHTS_PATH)[:12]}",
         "n": {"val": args.n_val, "test": args.n_test, "pairs": args.n_pairs},
         "seeds": SEEDS,

@@ -63,8 +63,9 @@ def input_keys(scales, pads, kinds=KINDS) -> list[tuple[float, str]]:
     return sorted({input_key(s, p, k) for s in scales for p in pads for k in kinds})
 
 
-def forward(fcn: fcn_cam.FCN, images: np.ndarray, classes: np.ndarray, scale: float, pad: str,
-            batch: int = 32) -> Raw:
+def forward(
+    fcn: fcn_cam.FCN, images: np.ndarray, classes: np.ndarray, scale: float, pad: str, batch: int = 32
+) -> Raw:
     """Score maps and the cell maps of ``classes`` (``[n, T]``) for ``images`` (``uint8
     [n, H, W, 3]``, one size) at one scale and padding (``cover`` here: the cell maps' cover
     padding, see :func:`input_key`)."""
@@ -72,17 +73,30 @@ def forward(fcn: fcn_cam.FCN, images: np.ndarray, classes: np.ndarray, scale: fl
     scores, cells, inp = [], [], None
     cls = torch.as_tensor(np.asarray(classes, dtype=np.int64).reshape(len(images), -1))
     for b0 in range(0, len(images), batch):
-        inputs = [network_input(fcn, Image.fromarray(im), side, pad, "cells") for im in images[b0:b0 + batch]]
-        s, c = cell_maps(fcn, torch.stack([i.x for i in inputs]), cls[b0:b0 + batch])
+        inputs = [network_input(fcn, Image.fromarray(im), side, pad, "cells") for im in images[b0 : b0 + batch]]
+        s, c = cell_maps(fcn, torch.stack([i.x for i in inputs]), cls[b0 : b0 + batch])
         scores.append(s.float())
         cells.append(c.float())
         inp = inputs[0]
-    return Raw(torch.cat(scores), torch.cat(cells), inp.shape, inp.pad, int(inp.x.shape[-2] * inp.x.shape[-1]),
-               images.shape[1:3])
+    return Raw(
+        torch.cat(scores),
+        torch.cat(cells),
+        inp.shape,
+        inp.pad,
+        int(inp.x.shape[-2] * inp.x.shape[-1]),
+        images.shape[1:3],
+    )
 
 
-def heatmaps(fcn: fcn_cam.FCN, raws: list[Raw], kind: str, clamp: bool, classes: np.ndarray,
-             j: int, image_hw: tuple[int, int]) -> np.ndarray:
+def heatmaps(
+    fcn: fcn_cam.FCN,
+    raws: list[Raw],
+    kind: str,
+    clamp: bool,
+    classes: np.ndarray,
+    j: int,
+    image_hw: tuple[int, int],
+) -> np.ndarray:
     """``float32 [n, H, W]`` heatmaps as ``explain`` makes them: target ``j`` of each image
     (``classes[:, j]`` of the score maps, or cell-map slot ``j``) aligned per scale, averaged
     over scales, then clamped at 0 if asked."""
@@ -115,14 +129,23 @@ def predictions(fcn: fcn_cam.FCN, raws: list[Raw], rank: str = "auto") -> np.nda
     return torch.stack([class_scores(r.scores, rank) for r in raws]).mean(0).argmax(1).numpy()
 
 
-def explain_check(fcn: fcn_cam.FCN, cfg: Config, images: np.ndarray, labels: np.ndarray,
-                  ours: np.ndarray, box_fraction: float) -> dict:
+def explain_check(
+    fcn: fcn_cam.FCN, cfg: Config, images: np.ndarray, labels: np.ndarray, ours: np.ndarray, box_fraction: float
+) -> dict:
     """Max |difference| between the benchmark's heatmaps and ``fcn_cam.explain``'s with the
     same settings (true class), and whether every box agrees."""
     diff, same_box = 0.0, True
     for img, t, m in zip(images, labels, ours):
-        e = fcn_cam.explain(fcn, img, scale=list(cfg.scales), maps=cfg.kind, pad=cfg.pad, clamp=cfg.clamp,
-                            target=int(t), box_fraction=box_fraction).targets[0]
+        e = fcn_cam.explain(
+            fcn,
+            img,
+            scale=list(cfg.scales),
+            maps=cfg.kind,
+            pad=cfg.pad,
+            clamp=cfg.clamp,
+            target=int(t),
+            box_fraction=box_fraction,
+        ).targets[0]
         diff = max(diff, float(np.abs(e.heatmap - m).max()))
         same_box &= tuple(e.box) == fcn_cam.metrics.threshold_box(m, box_fraction)
     return {"images": len(images), "max_abs_diff": diff, "same_boxes": bool(same_box)}

@@ -23,7 +23,9 @@ def last_relu(model: nn.Module) -> tuple[str, nn.Module]:
 def _resize(cams: torch.Tensor, hw: tuple[int, int]) -> np.ndarray:
     """Layer-grid maps to the image: their cells sit on the half-pixel grid of a stride-s
     layer, so a plain resize is the right resampling."""
-    up = nn.functional.interpolate(cams[:, None].detach().float(), size=hw, mode="bilinear", align_corners=False)
+    up = nn.functional.interpolate(
+        cams[:, None].detach().float(), size=hw, mode="bilinear", align_corners=False
+    )
     return up[:, 0].numpy()
 
 
@@ -34,8 +36,8 @@ def gradcam_torchcam(model: nn.Module, images: np.ndarray, classes: np.ndarray, 
     out = []
     with GradCAM(model, target_layer=last_relu(model)[0], input_shape=(3, INPUT_SIZE, INPUT_SIZE)) as ex:
         for b0 in range(0, len(images), batch):
-            scores = model(preprocess(images[b0:b0 + batch]))
-            cams = ex(np.asarray(classes[b0:b0 + batch]).tolist(), scores, normalized=False)[0]
+            scores = model(preprocess(images[b0 : b0 + batch]))
+            cams = ex(np.asarray(classes[b0 : b0 + batch]).tolist(), scores, normalized=False)[0]
             out.append(_resize(cams, images.shape[1:3]))
     return np.concatenate(out)
 
@@ -43,10 +45,15 @@ def gradcam_torchcam(model: nn.Module, images: np.ndarray, classes: np.ndarray, 
 def gradcam_ours(model: nn.Module, images: np.ndarray, classes: np.ndarray, batch: int = 64) -> np.ndarray:
     """``fcn_cam.gradcam.grad_cam`` at the same layer, resized the same way."""
     layer = last_relu(model)[1]
-    return np.concatenate([
-        _resize(grad_cam(model, layer, preprocess(images[b0:b0 + batch]), classes[b0:b0 + batch].tolist()),
-                images.shape[1:3])
-        for b0 in range(0, len(images), batch)])
+    return np.concatenate(
+        [
+            _resize(
+                grad_cam(model, layer, preprocess(images[b0 : b0 + batch]), classes[b0 : b0 + batch].tolist()),
+                images.shape[1:3],
+            )
+            for b0 in range(0, len(images), batch)
+        ]
+    )
 
 
 def torchcam_cam_check(gap: nn.Module, cam: fcn_cam.FCN, images: np.ndarray, targets: np.ndarray) -> float:
@@ -58,8 +65,10 @@ def torchcam_cam_check(gap: nn.Module, cam: fcn_cam.FCN, images: np.ndarray, tar
         ours = cam(x)
     with CAM(gap, target_layer="features", fc_layer="fc", input_shape=(3, INPUT_SIZE, INPUT_SIZE)) as ex:
         theirs = ex(targets.tolist(), gap(x), normalized=True)[0]
-    return max(float(np.abs(metrics.normalize(ours[j, t].numpy()) - theirs[j].numpy()).max())
-               for j, t in enumerate(targets))
+    return max(
+        float(np.abs(metrics.normalize(ours[j, t].numpy()) - theirs[j].numpy()).max())
+        for j, t in enumerate(targets)
+    )
 
 
 def centre_maps(n: int, hw: tuple[int, int]) -> np.ndarray:
@@ -77,5 +86,6 @@ def random_maps(n: int, hw: tuple[int, int], seed: int) -> np.ndarray:
 def predict(model: nn.Module, images: np.ndarray) -> np.ndarray:
     """The model's top-1 classes at its native size."""
     with torch.no_grad():
-        return torch.cat([model(preprocess(images[i:i + 256])).argmax(1)
-                          for i in range(0, len(images), 256)]).numpy()
+        return torch.cat(
+            [model(preprocess(images[i : i + 256])).argmax(1) for i in range(0, len(images), 256)]
+        ).numpy()

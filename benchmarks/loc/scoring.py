@@ -23,8 +23,12 @@ def box_stats(maps: np.ndarray, boxes: np.ndarray, fraction: float) -> dict:
     found = [metrics.threshold_box(m, fraction) for m in maps]
     hits = np.array([metrics.iou(b, t) >= 0.5 for b, t in zip(found, boxes)])
     areas = np.array([(b[2] - b[0]) * (b[3] - b[1]) / (h * w) for b in found])
-    return {"hits": hits, "acc": float(hits.mean()), "whole": float((areas >= 0.999).mean()),
-            "area": float(np.median(areas))}
+    return {
+        "hits": hits,
+        "acc": float(hits.mean()),
+        "whole": float((areas >= 0.999).mean()),
+        "area": float(np.median(areas)),
+    }
 
 
 def localization(val: np.ndarray, val_boxes: np.ndarray, test: np.ndarray, data: Scenes) -> dict:
@@ -48,9 +52,11 @@ def localization(val: np.ndarray, val_boxes: np.ndarray, test: np.ndarray, data:
 
 def score_fn(model: nn.Module, target: int) -> Callable[[np.ndarray], np.ndarray]:
     """Softmax probability of ``target`` from ``model`` on a uint8 batch."""
+
     def f(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return torch.softmax(model(preprocess(batch)), 1)[:, target].numpy()
+
     return f
 
 
@@ -67,6 +73,10 @@ def rise(maps: np.ndarray, data: Scenes, scorer: nn.Module, n: int, steps: int) 
 def discrimination(maps: list[np.ndarray], pairs: Pairs) -> dict:
     """Class-discrimination pointing on two-digit scenes: ``maps[j][i]`` is the map of
     ``pairs.labels[i, j]``; each must peak on its own digit, nearer it than the other."""
-    hits = np.array([[metrics.discrimination_hit(maps[j][i], pairs.boxes[i, j], [pairs.boxes[i, 1 - j]])
-                      for j in (0, 1)] for i in range(len(pairs))])
+    hits = np.array(
+        [
+            [metrics.discrimination_hit(maps[j][i], pairs.boxes[i, j], [pairs.boxes[i, 1 - j]]) for j in (0, 1)]
+            for i in range(len(pairs))
+        ]
+    )
     return {"discrimination": float(hits.mean()), "both_digits": float(hits.all(1).mean())}

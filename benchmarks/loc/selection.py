@@ -12,7 +12,15 @@ from fcn_cam.demo import Scenes
 from .fcnmaps import KINDS, Config, Raw, config_maps, forward, input_keys, pick, predictions
 
 SCALE_SETS: tuple[tuple[float, ...], ...] = (
-    (1.0,), (1.5,), (2.0,), (3.0,), (1.0, 1.5), (1.0, 2.0), (1.5, 2.0), (1.0, 1.5, 2.0), (1.0, 1.5, 2.0, 3.0),
+    (1.0,),
+    (1.5,),
+    (2.0,),
+    (3.0,),
+    (1.0, 1.5),
+    (1.0, 2.0),
+    (1.5, 2.0),
+    (1.0, 1.5, 2.0),
+    (1.0, 1.5, 2.0, 3.0),
 )
 #: Scale 3 is swept with ``window`` padding only (it costs as much as the other scales together).
 BIG_SCALE, BIG_SCALE_PAD = 3.0, "window"
@@ -23,9 +31,11 @@ COARSE = tuple(round(0.1 * i, 2) for i in range(1, 10))
 BOX_TIE = 0.01
 #: ... and then on pointing within this; the cheapest of those wins.
 POINT_TIE = 0.005
-CRITERION = (f"highest validation box accuracy (at each configuration's own swept fraction); among "
-             f"configurations within {BOX_TIE:.2f} of it, the highest pointing game; among those within "
-             f"{POINT_TIE:.3f} of that, the lowest cost (network-input pixels per image, summed over scales)")
+CRITERION = (
+    f"highest validation box accuracy (at each configuration's own swept fraction); among "
+    f"configurations within {BOX_TIE:.2f} of it, the highest pointing game; among those within "
+    f"{POINT_TIE:.3f} of that, the lowest cost (network-input pixels per image, summed over scales)"
+)
 
 
 def forwards(fcn: fcn_cam.FCN, data: Scenes, scales, pads, kinds=KINDS) -> dict[tuple[float, str], Raw]:
@@ -50,8 +60,14 @@ def sweep_fraction(maps, boxes) -> metrics.ThresholdSweep:
 def configs(pads, scale_sets=SCALE_SETS, clamps=(True, False)) -> list[Config]:
     """Every configuration swept (score maps with ``window`` padding are left out: for them
     it is the same input as ``cover``)."""
-    return [Config(k, ss, p, c) for k in KINDS for ss in scale_sets for p in pads for c in clamps
-            if (k, p) != ("scores", "window") and (BIG_SCALE not in ss or p == BIG_SCALE_PAD)]
+    return [
+        Config(k, ss, p, c)
+        for k in KINDS
+        for ss in scale_sets
+        for p in pads
+        for c in clamps
+        if (k, p) != ("scores", "window") and (BIG_SCALE not in ss or p == BIG_SCALE_PAD)
+    ]
 
 
 def evaluate(fcn: fcn_cam.FCN, raws: dict, data: Scenes, cfg: Config) -> dict:

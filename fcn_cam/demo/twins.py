@@ -49,12 +49,19 @@ DROPOUT = 0.2
 #: ``(img / 255 - MEAN) / STD``.
 MEAN: tuple[float, float, float] = (0.459, 0.3935, 0.3714)
 STD: tuple[float, float, float] = (0.2616, 0.2364, 0.2389)
+#: Training crops (torchvision's ImageNet ``RandomResizedCrop`` ranges, no flips): the share of
+#: the scene's area and the width/height ratio of a crop, which is then resized to
+#: ``INPUT_SIZE``. A crop always contains the digit's whole box (:func:`crop_windows`).
+CROP_AREA: tuple[float, float] = (0.08, 1.0)
+CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
 #: The shipped weights: ``{"fc": state_dict, "gap": state_dict, "meta": {...}}``.
 WEIGHTS_PATH = Path(__file__).with_name("twins.pt")
 
 __all__ = [
     "BLOCKS",
     "CLASS_NAMES",
+    "CROP_AREA",
+    "CROP_RATIO",
     "DROPOUT",
     "FEATURE_CHANNELS",
     "FEATURE_SIZE",
@@ -65,9 +72,11 @@ __all__ = [
     "WEIGHTS_PATH",
     "build_fc_twin",
     "build_features",
+    "crop_windows",
     "build_gap_twin",
     "load_meta",
     "preprocess",
+    "resized_crops",
     "twins",
 ]
 
@@ -171,3 +180,60 @@ def preprocess(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(MEAN, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(STD, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+def crop_windows(
+    boxes: np.ndarray,
+    rng: np.random.Generator,
+    size: int = INPUT_SIZE,
+    area: tuple[float, float] = CROP_AREA,
+    ratio: tuple[float, float] = CROP_RATIO,
+    attempts: int = 10,
+) -> np.ndarray:
+    """Random-resized-crop windows that keep each scene's label valid.
+
+    As torchvision's ``RandomResizedCrop``: per attempt, an area ``A ~ U(area) * size²`` and a
+    ratio ``r ~ logU(ratio)`` give a ``round(sqrt(A r)) x round(sqrt(A / r))`` window; an
+    attempt is rejected unless the window fits in the scene AND covers the digit's box, and
+    its position is then uniform among those that contain the box. After ``attempts``
+    rejections the whole scene is used (a big digit cannot be magnified much).
+
+    Args:
+        boxes: ``int [n, 4]`` digit boxes ``[x0, y0, x1, y1]`` (exclusive ends).
+        rng: the random generator (the same stream gives the same windows).
+        size: side of the square scenes.
+
+    Returns:
+        ``int64 [n, 4]`` windows ``[x0, y0, x1, y1]``, each containing its box.
+    """
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    n = len(boxes)
+    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    w = np.full(n, size, dtype=np.int64)
+    h = np.full(n, size, dtype=np.int64)
+    todo = np.ones(n, dtype=bool)
+    for _ in range(attempts):
+        a = rng.uniform(*area, n) * size**2
+        r = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]), n))
+        cw, ch = np.round(np.sqrt(a * r)).astype(np.int64), np.round(np.sqrt(a / r)).astype(np.int64)
+        ok = todo & (cw <= size) & (ch <= size) & (cw >= bw) & (ch >= bh)
+        w[ok], h[ok] = cw[ok], ch[ok]
+        todo &= ~ok
+    # left edge in [max(0, x1 - w), min(x0, size - w)]: the window holds the box and fits
+    lo_x, hi_x = np.maximum(0, boxes[:, 2] - w), np.minimum(boxes[:, 0], size - w)
+    lo_y, hi_y = np.maximum(0, boxes[:, 3] - h), np.minimum(boxes[:, 1], size - h)
+    x0 = lo_x + (rng.random(n) * (hi_x - lo_x + 1)).astype(np.int64)
+    y0 = lo_y + (rng.random(n) * (hi_y - lo_y + 1)).astype(np.int64)
+    return np.stack([x0, y0, x0 + w, y0 + h], axis=1)
+
+
+def resized_crops(x: torch.Tensor, windows: np.ndarray, size: int = INPUT_SIZE) -> torch.Tensor:
+    """Cut ``windows`` (``[n, 4]`` ``x0, y0, x1, y1``) out of ``x`` (``[n, C, H, W]``) and
+    resize each to ``size x size`` (bilinear, half-pixel centres, as PIL's upscaling)."""
+    out = torch.empty(x.shape[0], x.shape[1], size, size, dtype=x.dtype)
+    for i, (x0, y0, x1, y1) in enumerate(np.asarray(windows).tolist()):
+        crop = x[i : i + 1, :, y0:y1, x0:x1]
+        out[i] = crop[0] if crop.shape[-2:] == (size, size) else torch.nn.functional.interpolate(
+            crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )[0]
+    return out

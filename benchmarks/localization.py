@@ -1,254 +1,336 @@
-"""Localization benchmark: FCN-CAM vs true GAP-CAM vs Grad-CAM on demo scenes.
+"""Localization benchmark: FCN-CAM (score and cell maps) vs true GAP-CAM vs Grad-CAM on the
+demo scenes, with fcn-cam's defaults chosen on a validation split.
 
-    python benchmarks/localization.py                 # full run, writes benchmarks/results/
-    python benchmarks/localization.py --quick         # smoke run
+    python benchmarks/localization.py            # full run, writes benchmarks/results/localization.*
+    python benchmarks/localization.py --quick    # smoke run into a temporary directory
 
-Maps are scored for the true class (GT-known localization, Choe et al. 2020); the
-top-1 column also requires the predicted class to be right. Thresholds for the swept box
-rule are chosen on a validation split and applied to the test split.
+Steps: (1) sweep FCN-CAM configurations on the validation scenes and choose the defaults
+(``loc/selection.py``); (2) score every method on the test scenes (``loc/scoring.py``),
+thresholds again from validation; (3) class discrimination on two-digit scenes; (4) the
+report (``loc/report.py``). Parts live in ``benchmarks/loc/``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import sys
+import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+from common import ForeignLoad, cpu_model
+from loc import fcnmaps, methods, report, scoring, selection
+from loc.fcnmaps import KINDS, Config, config_maps, pick
 
-import fcn_cam
-from fcn_cam import metrics
-from fcn_cam.demo import scenes
+from fcn_cam.demo import Scenes, pair_scenes, scenes
 from fcn_cam.demo.showcase import comparison_figure, converted_twins
-from fcn_cam.demo.twins import INPUT_SIZE, preprocess, twins
-from fcn_cam.explain import class_scores, network_input, resolve_rank, score_maps, sides
-from fcn_cam.geometry import align, stretch
+from fcn_cam.demo.twins import WEIGHTS_PATH, twins
+from fcn_cam.explain import PADS
+from fcn_cam.metrics import threshold_box
 
 RESULTS = Path(__file__).resolve().parent / "results"
-Maps = list[np.ndarray]
+SEEDS = {"val": 101, "test": 202, "pairs": 303}
+SINGLE = (1.0, 1.5, 2.0, 3.0)
 
 
-def fcn_maps(fcn: fcn_cam.FCN, images: np.ndarray, targets: np.ndarray, scale: float, pad: bool = False,
-             batch: int = 64) -> tuple[Maps, Maps, np.ndarray]:
-    """Aligned and naively stretched heatmaps of the target classes, and the predictions
-    (fcn-cam's default ranking). The stretch ignores the padding, as a naive user would not
-    pad; compare it with the unpadded aligned maps."""
-    from PIL import Image
-
-    side = sides(fcn, [scale])[0]
-    aligned, naive, preds = [], [], []
-    h, w = images.shape[1:3]
-    for b0 in range(0, len(images), batch):
-        inputs = [network_input(fcn, Image.fromarray(im), side, pad) for im in images[b0:b0 + batch]]
-        maps = score_maps(fcn, torch.stack([i.x for i in inputs]))
-        preds.append(class_scores(maps, resolve_rank(fcn, "auto")).argmax(1).numpy())
-        for j, m in enumerate(maps):
-            t, inp = int(targets[b0 + j]), inputs[j]
-            aligned.append(align(m[t], fcn.geometry.shifted(*inp.pad), inp.shape, (h, w)).numpy())
-            naive.append(stretch(m[t], (h, w)).numpy())
-    return aligned, naive, np.concatenate(preds)
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def relu_layer_name(model: nn.Module) -> str:
-    """The last ReLU of the convolutional features (Grad-CAM's usual layer)."""
-    return [n for n, m in model.named_modules() if isinstance(m, nn.ReLU) and n.startswith("features")][-1]
+class Bench:
+    """The run's data, models and rows."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.val = scenes(args.n_val, seed=SEEDS["val"], split="test")
+        self.test = scenes(args.n_test, seed=SEEDS["test"], split="test")
+        self.pairs = pair_scenes(args.n_pairs, seed=SEEDS["pairs"], split="test")
+        self.hw = self.test.images.shape[1:3]
+        self.fc, self.gap = twins()
+        self.fcn, self.cam, _ = converted_twins()
+        self.rows: dict[str, dict] = {}
+        self.disc: dict[str, dict] = {}
+
+    def subset(self, n_val: int, n_test: int) -> Bench:
+        """The same bench on the first scenes of each split (no rows)."""
+        sub = object.__new__(Bench)
+        sub.__dict__.update(self.__dict__)
+        sub.val, sub.test = (
+            Scenes(*(getattr(d, f)[:n] for f in ("images", "labels", "boxes", "masks")), d.class_names)
+            for d, n in ((self.val, n_val), (self.test, n_test))
+        )
+        sub.rows, sub.disc = {}, {}
+        return sub
+
+    def add(self, name: str, val: np.ndarray, test: np.ndarray, scorer, top1: float | None, **extra) -> dict:
+        row = {"method": name, **scoring.localization(val, self.val.boxes, test, self.test)}
+        row.pop("_box_hits")
+        if self.args.n_rise:
+            row.update(scoring.rise(test, self.test, scorer, self.args.n_rise, self.args.steps))
+        row["top1"] = top1
+        row.update(extra)
+        self.rows[name] = row
+        log(
+            f"{name:<58} box {row['box_acc_swept']:.3f} (f={row['box_fraction_val']})  "
+            f"point {row['pointing']:.3f}"
+            f"  energy {row['energy']:.3f}  del {row.get('deletion_auc', float('nan')):.3f}"
+        )
+        return row
 
 
-def gradcam_maps(model: nn.Module, images: np.ndarray, targets: np.ndarray, batch: int = 64) -> Maps:
-    """torchcam's Grad-CAM at the native size, resized to the image (its layer grid sits on
-    the half-pixel grid, so a plain resize is the right resampling)."""
-    from torchcam.methods import GradCAM
-
-    out = []
-    h, w = images.shape[1:3]
-    with GradCAM(model, target_layer=relu_layer_name(model), input_shape=(3, INPUT_SIZE, INPUT_SIZE)) as ex:
-        for b0 in range(0, len(images), batch):
-            x = preprocess(images[b0:b0 + batch])
-            scores = model(x)
-            cams = ex(targets[b0:b0 + batch].tolist(), scores, normalized=False)[0]
-            up = torch.nn.functional.interpolate(cams[:, None].detach(), size=(h, w), mode="bilinear",
-                                                 align_corners=False)[:, 0]
-            out.extend(up.numpy())
-    return out
+def subset_raw(r: fcnmaps.Raw, n: int) -> fcnmaps.Raw:
+    return fcnmaps.Raw(r.scores[:n], r.cells[:n], r.shape, r.pad, r.pixels, r.hw)
 
 
-def torchcam_cam_check(gap: nn.Module, cam: fcn_cam.FCN, images: np.ndarray, targets: np.ndarray) -> float:
-    """Max |difference| between fcn-cam's GAP-CAM and torchcam's CAM (both min-max normalized)."""
-    from torchcam.methods import CAM
-
-    x = preprocess(images)
-    with torch.no_grad():
-        ours = cam(x)
-    with CAM(gap, target_layer="features", fc_layer="fc", input_shape=(3, INPUT_SIZE, INPUT_SIZE)) as ex:
-        scores = gap(x)
-        theirs = ex(targets.tolist(), scores, normalized=True)[0]
-    diff = 0.0
-    for j, t in enumerate(targets):
-        diff = max(diff, float(np.abs(metrics.normalize(ours[j, t].numpy()) - theirs[j].numpy()).max()))
-    return diff
+def fcn_rows(
+    b: Bench, fcn, name: str, cfgs: list[Config], val_raws: dict, test_raws: dict, suffix: str = "", **extra
+) -> None:
+    """Test rows of FCN-CAM configurations (maps from the cached raw forwards)."""
+    for cfg in cfgs:
+        for raws, data in ((val_raws, b.val), (test_raws, b.test)):  # inputs the sweep did not need
+            for s, p in {fcnmaps.input_key(s, cfg.pad, cfg.kind) for s in cfg.scales} - set(raws):
+                raws[s, p] = fcnmaps.forward(fcn, data.images, data.labels[:, None], s, p)
+        v = config_maps(fcn, val_raws, cfg, b.val.labels[:, None])
+        t = config_maps(fcn, test_raws, cfg, b.test.labels[:, None])
+        top1 = float((fcnmaps.predictions(fcn, pick(test_raws, cfg)) == b.test.labels).mean())
+        b.add(f"{name}{cfg.label()}{suffix}", v, t, b.fc, top1, **extra)
 
 
-def score_fn(model: nn.Module, target: int) -> Callable[[np.ndarray], np.ndarray]:
-    def f(batch: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return torch.softmax(model(preprocess(batch)), 1)[:, target].numpy()
-    return f
-
-
-def evaluate(name: str, val: Maps, test: Maps, val_boxes: np.ndarray, data, preds: np.ndarray | None,
-             scorer: nn.Module, n_rise: int, steps: int) -> dict:
-    """All metrics for one method's maps (the box threshold is swept on ``val``)."""
-    boxes, labels = data.boxes, data.labels
-    sweep = metrics.sweep_fraction(val, val_boxes)
-    fixed = [metrics.box_correct(m, b, 0.2) for m, b in zip(test, boxes)]
-    swept = [metrics.box_correct(m, b, sweep.fraction) for m, b in zip(test, boxes)]
-    hits = [metrics.pointing_hit(m, b) for m, b in zip(test, boxes)]
-    row = {
-        "method": name,
-        "box_acc_20": float(np.mean(fixed)),
-        "box_fraction_val": sweep.fraction,
-        "box_acc_swept": float(np.mean(swept)),
-        "top1_loc_20": float(np.mean(np.array(fixed) & (preds == labels))) if preds is not None else None,
-        "pointing": metrics.class_mean_accuracy(hits, labels),
-        "energy": float(np.mean([metrics.energy_pointing(m, b) for m, b in zip(test, boxes)])),
-    }
-    if n_rise:
-        dele, ins = [], []
-        for i in range(n_rise):
-            f = score_fn(scorer, int(labels[i]))
-            dele.append(metrics.deletion_auc(data.images[i], test[i], f, steps=steps))
-            ins.append(metrics.insertion_auc(data.images[i], test[i], f, steps=steps))
-        row["deletion_auc"], row["insertion_auc"] = float(np.mean(dele)), float(np.mean(ins))
-    print(f"  {name:<34} box@20 {row['box_acc_20']:.3f}  swept {row['box_acc_swept']:.3f} "
-          f"(f={sweep.fraction})  point {row['pointing']:.3f}  energy {row['energy']:.3f}", flush=True)
-    return row
-
-
-def predict(model: nn.Module, images: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return torch.cat([model(preprocess(images[i:i + 256])).argmax(1)
-                          for i in range(0, len(images), 256)]).numpy()
-
-
-def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
-    return float((predict(model, images) == labels).mean())
-
-
-def table(rows: list[dict], keys: list[tuple[str, str]]) -> str:
-    head = "| method | " + " | ".join(k for _, k in keys) + " |"
-    sep = "|---|" + "---|" * len(keys)
-    lines = [head, sep]
-    for r in rows:
-        vals = [("—" if r.get(k) is None else f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]))
-                for k, _ in keys]
-        lines.append(f"| {r['method']} | " + " | ".join(vals) + " |")
-    return "\n".join(lines)
+def pair_maps_fcn(b: Bench, cfg: Config, raws: dict) -> list[np.ndarray]:
+    return [config_maps(b.fcn, raws, cfg, b.pairs.labels, j) for j in (0, 1)]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="small smoke run")
-    ap.add_argument("--n-test", type=int, default=1000)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small smoke run (writes to a temporary directory)")
     ap.add_argument("--n-val", type=int, default=300)
+    ap.add_argument("--n-test", type=int, default=1000)
+    ap.add_argument("--n-pairs", type=int, default=300)
+    ap.add_argument("--n-stride", type=int, default=300, help="test scenes for the output-stride rows")
     ap.add_argument("--n-rise", type=int, default=100, help="test images scored by deletion/insertion")
     ap.add_argument("--steps", type=int, default=16, help="deletion/insertion steps")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--pads", default=",".join(PADS), help="paddings swept")
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.quick:
-        args.n_test, args.n_val, args.n_rise, args.steps = 60, 40, 10, 8
+        args.n_test, args.n_val, args.n_pairs, args.n_rise, args.steps, args.n_stride = 40, 30, 20, 4, 4, 20
+    out = args.out or (Path(tempfile.mkdtemp(prefix="locbench-")) if args.quick else RESULTS)
+    pads = tuple(args.pads.split(","))
     t0 = time.time()
+    load = ForeignLoad()
     torch.manual_seed(0)
-    val = scenes(args.n_val, seed=101, split="test")
-    test = scenes(args.n_test, seed=202, split="test")
-    fc, gap = twins()
-    fcn, cam, _ = converted_twins()
-    acc = {name: accuracy(m, test.images, test.labels) for name, m in (("fc_twin", fc), ("gap_twin", gap))}
-    print(f"test accuracy: FC twin {acc['fc_twin']:.3f}, GAP twin {acc['gap_twin']:.3f}", flush=True)
-    rows: list[dict] = []
-    common = {"val_boxes": val.boxes, "data": test, "n_rise": args.n_rise, "steps": args.steps}
+    b = Bench(args)
+    acc = {
+        "fc_twin": float((methods.predict(b.fc, b.test.images) == b.test.labels).mean()),
+        "gap_twin": float((methods.predict(b.gap, b.test.images) == b.test.labels).mean()),
+    }
+    log(f"native top-1: FC twin {acc['fc_twin']:.3f}, GAP twin {acc['gap_twin']:.3f}")
 
-    for s in (1.0, 1.5, 2.0, 3.0):
-        va = fcn_maps(fcn, val.images, val.labels, s, pad=True)
-        te = fcn_maps(fcn, test.images, test.labels, s, pad=True)
-        rows.append(evaluate(f"FCN-CAM (FC twin), scale {s:g}, aligned, padded (default)", va[0], te[0],
-                             preds=te[2], scorer=fc, **common))
-        va = fcn_maps(fcn, val.images, val.labels, s)
-        te = fcn_maps(fcn, test.images, test.labels, s)
-        rows.append(evaluate(f"FCN-CAM (FC twin), scale {s:g}, aligned", va[0], te[0], preds=te[2],
-                             scorer=fc, **common))
-        rows.append(evaluate(f"FCN-CAM (FC twin), scale {s:g}, naive stretch", va[1], te[1], preds=te[2],
-                             scorer=fc, **common))
-    for s in (1.0, 2.0):
-        va = fcn_maps(cam, val.images, val.labels, s)
-        te = fcn_maps(cam, test.images, test.labels, s)
-        rows.append(evaluate(f"GAP-CAM (GAP twin), scale {s:g}", va[0], te[0], preds=te[2], scorer=gap,
-                             **common))
-    cam_diff = torchcam_cam_check(gap, cam, test.images[:32], test.labels[:32])
-    print(f"GAP-CAM vs torchcam CAM (normalized, 32 images): max |diff| = {cam_diff:.2e}", flush=True)
-    for label, model in (("FC twin", fc), ("GAP twin", gap)):
-        rows.append(evaluate(f"Grad-CAM ({label}, torchcam)", gradcam_maps(model, val.images, val.labels),
-                             gradcam_maps(model, test.images, test.labels),
-                             preds=predict(model, test.images), scorer=model, **common))
-    h, w = test.images.shape[1:3]
-    yy, xx = np.mgrid[0:h, 0:w]
-    centre = np.exp(-(((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2) / (2 * (h / 4) ** 2)))
-    rng = np.random.default_rng(0)
-    rows.append(evaluate("centre baseline", [centre] * len(val.images), [centre] * len(test.images),
-                         preds=None, scorer=fc, **common))
-    rows.append(evaluate("random baseline", list(rng.random((len(val.images), h, w))),
-                         list(rng.random((len(test.images), h, w))), preds=None, scorer=fc, **common))
+    # 1. defaults on validation
+    val_raws = {
+        (s, p): fcnmaps.forward(b.fcn, b.val.images, b.val.labels[:, None], s, p)
+        for s, p in selection.sweep_keys(pads)
+    }
+    log(f"validation forwards done ({len(val_raws)} scale × padding)")
+    val_rows = [selection.evaluate(b.fcn, val_raws, b.val, c) for c in selection.configs(pads)]
+    choice = selection.choose(val_rows)
+    default = selection.config_of(choice)
+    other = "scores" if default.kind == "cells" else "cells"
+    same_other = Config(other, default.scales, default.pad, default.clamp)
+    other_row = selection.evaluate(b.fcn, val_raws, b.val, same_other)  # ("scores", "window") is not swept
+    fractions = {default.kind: choice["box_fraction"], other: other_row["box_fraction"]}
+    best_kind = {k: selection.choose([r for r in val_rows if r["maps"] == k]) for k in KINDS}
+    log(f"default: {default.label()}, fractions {fractions}")
 
-    # comparison figure on the first test scenes
+    # 2. test rows
+    kind_cfg = {k: selection.config_of(best_kind[k]) for k in KINDS}
+    test_raws = {}
+    for c in (default, same_other, *kind_cfg.values()):
+        test_raws.update(selection.forwards(b.fcn, b.test, SINGLE, [c.pad], [c.kind]))
+    log("test forwards done")
+    cfgs: list[Config] = []
+    for k in KINDS:
+        c = kind_cfg[k]
+        fused = max(
+            (
+                r
+                for r in val_rows
+                if r["maps"] == k and r["pad"] == c.pad and r["clamp"] == c.clamp and len(r["scale"]) > 1
+            ),
+            key=lambda r: r["box_acc"],
+        )
+        for ss in [*((s,) for s in SINGLE), tuple(fused["scale"])]:
+            cfgs.append(Config(k, ss, c.pad, c.clamp))
+    fcn_rows(b, b.fcn, "FCN-CAM ", cfgs, val_raws, test_raws)
+    fcn_rows(b, b.fcn, "FCN-CAM default: ", [default], val_raws, test_raws)
+    default_name = f"FCN-CAM default: {default.label()}"
+    if same_other not in cfgs:
+        fcn_rows(b, b.fcn, "FCN-CAM ", [same_other], val_raws, test_raws)
+    scores_only = f"FCN-CAM {kind_cfg['scores'].label()}"
+
+    # output stride 8 (half the twins' native 16) for the default settings, both kinds
+    # (on the first n_stride test scenes, fractions from the first third of the validation scenes)
+    fcn8 = converted_twins(output_stride=8)[0]
+    sub = Bench.subset(b, args.n_val // 3, args.n_stride)
+    v8 = selection.forwards(fcn8, sub.val, default.scales, [default.pad], [default.kind, other])
+    t8 = selection.forwards(fcn8, sub.test, default.scales, [default.pad], [default.kind, other])
+    n8 = f" [first {args.n_stride} test scenes]"
+    fcn_rows(sub, fcn8, "FCN-CAM stride 8: ", [default, same_other], v8, t8, suffix=n8)
+    v16 = {k: subset_raw(r, args.n_val // 3) for k, r in val_raws.items() if k in v8}
+    t16 = {k: subset_raw(r, args.n_stride) for k, r in test_raws.items() if k in t8}
+    fcn_rows(sub, b.fcn, "FCN-CAM stride 16: ", [default], v16, t16, suffix=n8)
+    b.rows.update(sub.rows)
+    log("stride 8 done")
+
+    # GAP-CAM, Grad-CAM, baselines
+    cam_cfg = Config("scores", (1.0,), "none", False)
+    for s in (1.0,):
+        c = Config("scores", (s,), "none", False)
+        vr, tr = (selection.forwards(b.cam, d, [s], ["none"], ["scores"]) for d in (b.val, b.test))
+        v = config_maps(b.cam, vr, c, b.val.labels[:, None])
+        t = config_maps(b.cam, tr, c, b.test.labels[:, None])
+        top1 = float((fcnmaps.predictions(b.cam, pick(tr, c)) == b.test.labels).mean())
+        if c == cam_cfg:
+            gap_maps = t
+        b.add(
+            f"GAP-CAM (GAP twin), scale {s:g}" + (" (native: true CAM)" if c == cam_cfg else ""),
+            v,
+            t,
+            b.gap,
+            top1,
+        )
+    gapcam = "GAP-CAM (GAP twin), scale 1 (native: true CAM)"
+    gc_maps = {}
+    for label, model in (("FC twin", b.fc), ("GAP twin", b.gap)):
+        top1 = float((methods.predict(model, b.test.images) == b.test.labels).mean())
+        for impl, fn in (("torchcam", methods.gradcam_torchcam), ("fcn_cam.gradcam", methods.gradcam_ours)):
+            t = fn(model, b.test.images, b.test.labels)
+            gc_maps[label, impl] = t
+            b.add(f"Grad-CAM ({label}, {impl})", fn(model, b.val.images, b.val.labels), t, model, top1)
+    gradcam = "Grad-CAM (FC twin, torchcam)"
+    gradcam_diff = float(np.abs(gc_maps["FC twin", "torchcam"] - gc_maps["FC twin", "fcn_cam.gradcam"]).max())
+    b.add(
+        "centre baseline",
+        methods.centre_maps(len(b.val), b.hw),
+        methods.centre_maps(len(b.test), b.hw),
+        b.fc,
+        None,
+    )
+    b.add(
+        "random baseline",
+        methods.random_maps(len(b.val), b.hw, 1),
+        methods.random_maps(len(b.test), b.hw, 2),
+        b.fc,
+        None,
+    )
+
+    # 3. class discrimination on two-digit scenes
+    disc_cfgs = {default_name: default, f"FCN-CAM {same_other.label()}": same_other}
+    for k in KINDS:
+        disc_cfgs.setdefault(f"FCN-CAM {kind_cfg[k].label()}", kind_cfg[k])
+    need = sorted({fcnmaps.input_key(s, c.pad, c.kind) for c in disc_cfgs.values() for s in c.scales})
+    pair_raws = {(s, p): fcnmaps.forward(b.fcn, b.pairs.images, b.pairs.labels, s, p) for s, p in need}
+    for name, c in disc_cfgs.items():
+        b.disc[name] = scoring.discrimination(pair_maps_fcn(b, c, pair_raws), b.pairs)
+    cam_raws = {(1.0, "none"): fcnmaps.forward(b.cam, b.pairs.images, b.pairs.labels, 1.0, "none")}
+    b.disc[gapcam] = scoring.discrimination(
+        [config_maps(b.cam, cam_raws, cam_cfg, b.pairs.labels, j) for j in (0, 1)], b.pairs
+    )
+    for label, model in (("FC twin", b.fc), ("GAP twin", b.gap)):
+        b.disc[f"Grad-CAM ({label}, torchcam)"] = scoring.discrimination(
+            [methods.gradcam_torchcam(model, b.pairs.images, b.pairs.labels[:, j]) for j in (0, 1)], b.pairs
+        )
+    b.disc["centre baseline"] = scoring.discrimination([methods.centre_maps(len(b.pairs), b.hw)] * 2, b.pairs)
+    for name, d in b.disc.items():
+        log(f"discrimination {name:<50} {d['discrimination']:.3f} (both {d['both_digits']:.3f})")
+
+    # 4. ranking accuracy, checks, figure, report
+    ranking = []
+    for s in SINGLE:
+        r = {"scale": f"{s:g}"}
+        for rank in ("max", "mean"):
+            rs = pick(test_raws, Config(default.kind, (s,), default.pad, default.clamp))
+            r[rank] = float((fcnmaps.predictions(b.fcn, rs, rank) == b.test.labels).mean())
+        ranking.append(r)
+    default_top1 = b.rows[default_name]["top1"]
+    dmaps = config_maps(b.fcn, test_raws, default, b.test.labels[:, None])
+    check = fcnmaps.explain_check(
+        b.fcn, default, b.test.images[:16], b.test.labels[:16], dmaps[:16], fractions[default.kind]
+    )
+    cam_diff = methods.torchcam_cam_check(b.gap, b.cam, b.test.images[:32], b.test.labels[:32])
+    box_areas = scoring.box_stats(dmaps, b.test.boxes, fractions[default.kind])
+
+    out.mkdir(parents=True, exist_ok=True)
     fig_rows = []
+    kinds_maps = {default.kind: dmaps, other: config_maps(b.fcn, test_raws, same_other, b.test.labels[:, None])}
     for i in range(6):
-        img, t = test.images[i], int(test.labels[i])
-        f_map = fcn_maps(fcn, img[None], np.array([t]), 2.0, pad=True)[0][0]
-        g_map = fcn_maps(cam, img[None], np.array([t]), 1.0)[0][0]
-        gc = gradcam_maps(fc, img[None], np.array([t]))[0]
-        fig_rows.append({"image": img, "truth": test.boxes[i], "maps": [f_map, g_map, gc],
-                         "boxes": [metrics.threshold_box(m) for m in (f_map, g_map, gc)],
-                         "labels": ["scale 2, aligned, padded", "native", "native"]})
-    args.out.mkdir(parents=True, exist_ok=True)
-    comparison_figure(fig_rows, args.out / "localization_examples.png")
+        maps = [kinds_maps["scores"][i], kinds_maps["cells"][i], gap_maps[i], gc_maps["FC twin", "torchcam"][i]]
+        fr = [
+            fractions["scores"],
+            fractions["cells"],
+            b.rows[gapcam]["box_fraction_val"],
+            b.rows[gradcam]["box_fraction_val"],
+        ]
+        fig_rows.append(
+            {
+                "image": b.test.images[i],
+                "truth": b.test.boxes[i],
+                "maps": maps,
+                "boxes": [threshold_box(m, f) for m, f in zip(maps, fr)],
+                "labels": [f"box at {f:.2f}" for f in fr],
+            }
+        )
+    comparison_figure(fig_rows, out / "localization.png")
 
     elapsed = time.time() - t0
-    cmd = "python " + " ".join(sys.argv)
-    keys = [("box_acc_20", "box acc (20 %)"), ("box_acc_swept", "box acc (swept)"),
-            ("box_fraction_val", "fraction (val)"), ("top1_loc_20", "top-1 loc (20 %)"),
-            ("pointing", "pointing game"), ("energy", "energy pointing")]
-    rise = [("deletion_auc", "deletion AUC ↓"), ("insertion_auc", "insertion AUC ↑")]
-    md = [
-        "# Localization benchmark (demo scenes)", "",
-        f"Command: `{cmd}`  ", f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"{elapsed / 60:.1f} min; torch {torch.__version__}, {platform.machine()}, "
-        f"{torch.get_num_threads()} threads.", "",
-        f"Test split: {args.n_test} scenes (seed 202), validation: {args.n_val} (seed 101), "
-        f"both from held-out digit images. Classification accuracy on the test split: FC twin "
-        f"{acc['fc_twin']:.3f}, GAP twin {acc['gap_twin']:.3f}.", "",
-        "Maps are for the true class. Box accuracy: IoU ≥ 0.5 between the true box and the box of "
-        "the largest connected region above the fraction of the map's range; 'swept' uses the "
-        "fraction chosen on the validation split. Top-1 loc also needs the predicted class right. "
-        "Pointing game: class-averaged hits, tolerance 15 px × side / 224. Energy: share of the "
-        "non-negative map inside the box.", "",
-        table(rows, keys), "",
-        f"Deletion / insertion AUC (RISE; softmax probability of the true class from the model "
-        f"explained — the FC twin for the baselines; {args.n_rise} test images, {args.steps} steps; "
-        "deletion to zeros, insertion from a blurred image):", "",
-        table(rows, rise), "",
-        f"GAP-CAM through `convert` vs torchcam's `CAM` on the GAP twin (both min-max normalized, "
-        f"32 images): max |difference| = {cam_diff:.2e}.", "",
-        "![examples](localization_examples.png)", "",
-    ]
-    (args.out / "localization.md").write_text("\n".join(md))
-    (args.out / "localization.json").write_text(json.dumps(
-        {"command": cmd, "accuracy": acc, "torchcam_cam_max_diff": cam_diff, "rows": rows}, indent=1))
-    print(f"wrote {args.out / 'localization.md'} in {elapsed / 60:.1f} min")
+    defaults = {**default.as_dict(), "box_fraction": fractions, "rank": "auto"}
+    val_sorted = sorted(val_rows, key=lambda r: (-r["box_acc"], -r["pointing"], r["cost_pixels"]))
+    res = {
+        "command": "python "
+        + " ".join([Path(sys.argv[0]).as_posix().split("/")[-2] + "/" + Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "minutes": elapsed / 60,
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "foreign_cores": load.cores(),
+        },
+        "twins": f"{WEIGHTS_PATH.name}, sha256 {sha256(WEIGHTS_PATH)[:12]}",
+        "n": {"val": args.n_val, "test": args.n_test, "pairs": args.n_pairs},
+        "seeds": SEEDS,
+        "rise": {"n": args.n_rise, "steps": args.steps},
+        "accuracy": acc,
+        "criterion": selection.CRITERION,
+        "n_configs": len(val_rows),
+        "defaults": defaults,
+        "default_box": {"median_area": box_areas["area"], "whole": box_areas["whole"]},
+        "validation": val_rows,
+        "val_top": val_sorted[:12],
+        "val_best_per_kind": [best_kind[k] for k in KINDS],
+        "rows": list(b.rows.values()),
+        "discrimination": [{"method": k, **v} for k, v in b.disc.items()],
+        "ranking": ranking,
+        "default_top1": default_top1,
+        "targets": report.targets(b.rows, b.disc, default_name, gradcam, gapcam, scores_only),
+        "explain_check": check,
+        "torchcam_cam_max_diff": cam_diff,
+        "gradcam_max_diff": gradcam_diff,
+    }
+    (out / "localization.json").write_text(json.dumps(res, indent=1))
+    (out / "localization.md").write_text(report.markdown(res))
+    log(f"wrote {out / 'localization.md'} in {elapsed / 60:.1f} min")
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 if __name__ == "__main__":

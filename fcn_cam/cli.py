@@ -469,24 +469,33 @@ def info(file: Annotated[Path, typer.Argument(help="A model file from `fcn-cam c
 def demo(
     output_dir: Annotated[Path, typer.Option("-o", "--output-dir", help="Where to write.")] = Path("demo-out"),
     n: Annotated[int, typer.Option("--n", help="Number of scenes.", min=1, max=64)] = 6,
-    seed: Annotated[int, typer.Option(help="Scene seed.")] = 2026,
-    scale: Annotated[float, typer.Option(help="Explain at this scale.")] = 2.0,
+    seed: Annotated[int, typer.Option(help="Scene seed (the scenes are a random sample).")] = 2026,
+    scale: Annotated[list[float] | None, typer.Option(
+        help="Explain at this scale (repeat to fuse); default: explain's default.")] = None,
+    maps: Annotated[str | None, typer.Option(help="scores or cells; default: explain's default.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> None:
-    """Offline demo: synthetic scenes, the shipped twin models, overlays and a comparison figure."""
+    """Offline demo: random held-out scenes, the shipped twin models, overlays and a comparison
+    figure, explained with the defaults of `fcn-cam explain`."""
     try:
         from .demo.showcase import run
     except ImportError as e:
         raise fail(f"{e} (install the demo extras: pip install 'fcn-cam[demo]')") from None
+    settings = {k: v for k, v in (("scale", scale), ("maps", maps)) if v}
     try:
-        result = run(output_dir, n=n, seed=seed, scale=scale, overwrite=overwrite)
-    except (FileExistsError, ImportError) as e:
+        result = run(output_dir, n=n, seed=seed, overwrite=overwrite, **settings)
+    except (FileExistsError, ImportError, ValueError) as e:
         raise fail(str(e)) from None
     for s in result["scenes"]:
         typer.echo(f"{s['scene']}: true {s['true_class']}, predicted {s['predicted']}, "
-                   f"peak {s['peak']}, box {s['box']} (true box {s['true_box']})")
+                   f"box {s['box']} (true box {s['true_box']}, IoU {s['iou']:.2f})")
+    st = result["settings"]
+    typer.echo(f"settings: maps={st['maps']}, scale={st['scale']}, pad={st['pad']}, clamp={st['clamp']}, "
+               f"box_fraction={st['box_fraction']}")
+    typer.echo(f"FC twin classified {result['correct']} of {len(result['scenes'])} scenes correctly; "
+               f"mean IoU of the boxes with the true boxes: {result['mean_iou']:.2f}")
     typer.echo(f"overlays and raw maps: {result['out_dir']}/  records: {result['jsonl']}")
-    typer.echo(f"comparison (image | FCN-CAM | GAP-CAM | Grad-CAM): {result['figure']}")
+    typer.echo(f"comparison (image | score maps | cell maps | GAP-CAM | Grad-CAM): {result['figure']}")
 
 
 if __name__ == "__main__":

@@ -164,10 +164,37 @@ def pointing_hit(
     ys, xs = np.nonzero(m == np.nanmax(m)) if np.isfinite(m).any() else ((), ())
     if len(xs) == 0:
         return False
-    x0, y0, x1, y1 = (int(v) for v in gt_box[:4])
+    return bool(np.all(_box_distance(xs, ys, gt_box) <= tol))
+
+
+def _box_distance(xs: np.ndarray, ys: np.ndarray, box: Box | np.ndarray) -> np.ndarray:
+    """Euclidean distance of pixels ``(xs, ys)`` to a box (0 inside)."""
+    x0, y0, x1, y1 = (int(v) for v in box[:4])
     dx = np.maximum(np.maximum(x0 - xs, xs - (x1 - 1)), 0)
     dy = np.maximum(np.maximum(y0 - ys, ys - (y1 - 1)), 0)
-    return bool(np.all(np.hypot(dx, dy) <= tol))
+    return np.hypot(dx, dy)
+
+
+def discrimination_hit(
+    saliency: np.ndarray,
+    own_box: Box | np.ndarray,
+    other_boxes: Sequence[Box] | np.ndarray,
+    tolerance: float | None = None,
+) -> bool:
+    """Class-discrimination pointing: the map of one object's class points at that object.
+
+    In a scene with several objects of different classes, the map of object ``o``'s class
+    hits when its maximum is a :func:`pointing_hit` on ``own_box`` *and* strictly nearer to
+    ``own_box`` than to every box in ``other_boxes`` — a map that lights up every object
+    (class-agnostic saliency) misses whenever it peaks on the wrong one. Ties in the maximum
+    must all hit, as in :func:`pointing_hit`.
+    """
+    m = np.asarray(saliency)
+    if not pointing_hit(m, own_box, tolerance):
+        return False
+    ys, xs = np.nonzero(m == np.nanmax(m))
+    own = _box_distance(xs, ys, own_box)
+    return bool(all(np.all(own < _box_distance(xs, ys, b)) for b in other_boxes))
 
 
 def class_mean_accuracy(

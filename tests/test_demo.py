@@ -112,6 +112,25 @@ def test_split_and_argument_checks():
     assert len(demo.scenes(0)) == 0
 
 
+def test_pair_scenes_two_different_digits_apart():
+    p = demo.pair_scenes(60, seed=5, split="test")
+    s = demo.SCENE_SIZE
+    assert p.images.shape == (60, s, s, 3) and p.images.dtype == np.uint8
+    assert p.labels.shape == (60, 2) and p.boxes.shape == (60, 2, 4) and p.masks.shape == (60, 2, s, s)
+    assert np.all(p.labels[:, 0] != p.labels[:, 1])
+    for masks, boxes in zip(p.masks, p.boxes, strict=True):
+        assert not (masks[0] & masks[1]).any()
+        for mask, box in zip(masks, boxes, strict=True):  # tight box of each digit
+            ys, xs = np.nonzero(mask)
+            assert tuple(box) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = boxes
+        assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0  # disjoint halves
+    again = demo.pair_scenes(60, seed=5, split="test")
+    np.testing.assert_array_equal(p.images, again.images)
+    with pytest.raises(ValueError):
+        demo.pair_scenes(3, object_size=(20, 80))  # a digit must fit in half the image
+
+
 # --- twins -----------------------------------------------------------------------------------
 
 ALLOWED = (
@@ -186,6 +205,34 @@ def test_twins_classify_unseen_scenes(models):
         assert (out.argmax(1).numpy() == s.labels).mean() > MIN_ACCURACY
     # the bound is not met by chance
     assert (untrained.argmax(1).numpy() == s.labels).mean() < MIN_ACCURACY / 2
+
+
+# --- the demo --------------------------------------------------------------------------------
+
+
+def test_demo_reports_the_truth(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from fcn_cam.demo.showcase import run
+    from fcn_cam.explain import BOX_FRACTION, DEFAULT_CLAMP, DEFAULT_MAPS, DEFAULT_PAD, DEFAULT_SCALE
+    from fcn_cam.metrics import iou
+
+    res = run(tmp_path, n=4, seed=11)
+    s = demo.scenes(4, seed=11, split="test")  # the same random sample, not a hand-picked one
+    recs = [json.loads(x) for x in (tmp_path / "explanations.jsonl").read_text().splitlines()]
+    said = [r["class_name"] for r in recs]
+    assert res["correct"] == sum(c == demo.CLASS_NAMES[k] for c, k in zip(said, s.labels, strict=True))
+    ious = [iou(r["box"], b) for r, b in zip(recs, s.boxes, strict=True)]
+    assert res["mean_iou"] == pytest.approx(np.mean(ious))
+    # explained with explain's defaults
+    scales = [DEFAULT_SCALE] if isinstance(DEFAULT_SCALE, int | float) else list(DEFAULT_SCALE)
+    assert res["settings"] == {"maps": DEFAULT_MAPS, "scale": scales, "pad": DEFAULT_PAD,
+                               "clamp": DEFAULT_CLAMP, "box_fraction": BOX_FRACTION[DEFAULT_MAPS]}
+    assert all(r["maps"] == DEFAULT_MAPS for r in recs)
+    fig = Image.open(tmp_path / "comparison.png")
+    assert fig.width / fig.height == pytest.approx(5 * 2.5 / (4 * 2.6), rel=0.1)  # 5 columns, 4 rows
 
 
 # --- training crops --------------------------------------------------------------------------

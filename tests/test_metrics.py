@@ -262,3 +262,29 @@ def test_threshold_box_equals_the_normalize_label_nonzero_reference():
         ys, xs = np.nonzero(big)
         want = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
         assert M.threshold_box(m, frac) == want
+
+
+# --- class-discrimination pointing -----------------------------------------------------------
+
+
+def test_discrimination_hit_needs_the_peak_on_its_own_object():
+    a, b = (5, 5, 15, 15), (30, 30, 40, 40)
+    on_a = cone(48, 48, 10, 10, 6)
+    on_b = cone(48, 48, 35, 35, 6)
+    assert M.discrimination_hit(on_a, a, [b])
+    assert not M.discrimination_hit(on_b, a, [b])  # the other object's map
+    assert M.discrimination_hit(on_b, b, [a])
+    # a class-agnostic map peaking on b misses for a, even if a is also bright
+    both = np.maximum(on_a * 0.9, on_b)
+    assert not M.discrimination_hit(both, a, [b]) and M.discrimination_hit(both, b, [a])
+
+
+def test_discrimination_hit_between_touching_boxes_is_strict():
+    a, b = (0, 0, 10, 10), (10, 0, 20, 10)
+    m = np.zeros((10, 20))
+    m[5, 9] = 1.0  # inside a, 1 px from b
+    assert M.discrimination_hit(m, a, [b])
+    m[5, 9], m[5, 10] = 0.0, 1.0  # inside b: within the tolerance of a, yet nearer b
+    assert M.pointing_hit(m, a, tolerance=2) and not M.discrimination_hit(m, a, [b], tolerance=2)
+    # flat map: every tied maximum must be nearer its own box
+    assert not M.discrimination_hit(np.ones((10, 20)), a, [b])

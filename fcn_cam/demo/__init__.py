@@ -4,7 +4,7 @@ Importing this package needs only torch and numpy; scikit-image and scikit-learn
 when scenes are generated (``pip install 'fcn-cam[demo]'``).
 """
 
-from fcn_cam.demo.scenes import CLASS_NAMES, SCENE_SIZE, Scenes, scenes
+from fcn_cam.demo.scenes import CLASS_NAMES, SCENE_SIZE, Pairs, Scenes, pair_scenes, scenes
 from fcn_cam.demo.twins import (
     FEATURE_CHANNELS,
     FEATURE_SIZE,
@@ -25,6 +25,7 @@ __all__ = [
     "FEATURE_SIZE",
     "INPUT_SIZE",
     "MEAN",
+    "Pairs",
     "SCENE_SIZE",
     "STD",
     "WEIGHTS_PATH",
@@ -32,6 +33,7 @@ __all__ = [
     "build_fc_twin",
     "build_gap_twin",
     "load_meta",
+    "pair_scenes",
     "preprocess",
     "scenes",
     "twins",

@@ -14,6 +14,7 @@ scikit-image and scikit-learn are needed only here, and are imported lazily
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -212,19 +213,9 @@ def _patch(canvas: np.ndarray, rng: np.random.Generator, size: int, sources) -> 
     _paint(canvas, (cx0, cy0, cx1, cy1), alpha, piece * rng.uniform(0.6, 1.3, 3))
 
 
-def _draw_scene(
-    canvas: np.ndarray,
-    mask: np.ndarray,
-    rng: np.random.Generator,
-    label: int,
-    height: int,
-    by_class: list[np.ndarray],
-    bitmaps: np.ndarray,
-    sources: tuple[np.ndarray, ...],
-    distractors: tuple[int, int],
-    spread: float,
-) -> tuple[int, int, int, int]:
-    """Paint distractors, then the digit, on ``canvas`` in place; fill ``mask``; return the box."""
+def _distractors(canvas: np.ndarray, rng: np.random.Generator, sources: tuple[np.ndarray, ...],
+                 distractors: tuple[int, int]) -> None:
+    """Paint blobs, strokes and texture patches (no class) on ``canvas`` in place."""
     size = canvas.shape[0]
     for _ in range(rng.integers(distractors[0], distractors[1] + 1)):
         kind = rng.integers(3)
@@ -235,6 +226,22 @@ def _draw_scene(
         else:
             _patch(canvas, rng, size, sources)
 
+
+def _draw_digit(
+    canvas: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    label: int,
+    height: int,
+    by_class: list[np.ndarray],
+    bitmaps: np.ndarray,
+    spread: float,
+    area: tuple[int, int, int, int] | None = None,
+) -> tuple[int, int, int, int]:
+    """Paint one digit inside ``area`` (``[x0, y0, x1, y1]``, default the whole canvas) in a
+    colour contrasting with what is under it; fill ``mask``; return its tight box."""
+    size = canvas.shape[0]
+    ax0, ay0, ax1, ay1 = area if area is not None else (0, 0, size, size)
     # the digit: crop the bitmap to its ink, upscale, sharpen the ramp into an alpha
     choices = by_class[label]
     bmp = bitmaps[choices[rng.integers(len(choices))]]
@@ -242,13 +249,14 @@ def _draw_scene(
     bmp = bmp[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     h = height
     w = h * bmp.shape[1] / bmp.shape[0] * rng.uniform(0.85, 1.15)
-    w = int(np.clip(round(w), 2, size))
+    w = int(np.clip(round(w), 2, ax1 - ax0))
     up = _resize_matrix(h, bmp.shape[0]) @ bmp @ _resize_matrix(w, bmp.shape[1]).T
     alpha = np.clip((up - _ALPHA_LO) / (_ALPHA_HI - _ALPHA_LO), 0, 1)
     # top-left corner within the central ``spread`` share of the free range
-    lo_y, lo_x = int((size - h) * (1 - spread) / 2), int((size - w) * (1 - spread) / 2)
-    y0 = int(rng.integers(lo_y, size - h - lo_y + 1))
-    x0 = int(rng.integers(lo_x, size - w - lo_x + 1))
+    ny, nx = ay1 - ay0, ax1 - ax0
+    lo_y, lo_x = int((ny - h) * (1 - spread) / 2), int((nx - w) * (1 - spread) / 2)
+    y0 = ay0 + int(rng.integers(lo_y, ny - h - lo_y + 1))
+    x0 = ax0 + int(rng.integers(lo_x, nx - w - lo_x + 1))
     bg = float(_luma(canvas[y0 : y0 + h, x0 : x0 + w].reshape(-1, 3).mean(axis=0)))
     # contrast: at least 0.35 luma away from the local background, on the roomier side
     target = rng.uniform(0, bg - 0.35) if bg > 0.5 else rng.uniform(bg + 0.35, 1.0)
@@ -258,6 +266,71 @@ def _draw_scene(
     mask[y0 : y0 + h, x0 : x0 + w] = drawn
     ys, xs = np.nonzero(drawn.any(axis=1))[0], np.nonzero(drawn.any(axis=0))[0]
     return (x0 + int(xs[0]), y0 + int(ys[0]), x0 + int(xs[-1]) + 1, y0 + int(ys[-1]) + 1)
+
+
+def _render(n: int, rng: np.random.Generator, size: int, noise: float,
+            draw: Callable[[int, np.ndarray], None]) -> np.ndarray:
+    """``uint8 [n, size, size, 3]`` scenes: a random photo/texture crop per scene (maybe
+    mirrored, gain-jittered), on which ``draw(i, canvas)`` paints in place, then pixel noise."""
+    sources = _sources()
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    # whole-image work (gain, clip, noise, quantization) is done per chunk, vectorized
+    for c0 in range(0, n, _CHUNK):
+        c1 = min(n, c0 + _CHUNK)
+        canvas = np.empty((c1 - c0, size, size, 3), dtype=np.float32)
+        src_idx = rng.integers(len(sources), size=c1 - c0)
+        offsets = rng.random((c1 - c0, 2))
+        flips = rng.random(c1 - c0) < 0.5
+        for j, (k, (oy, ox), flip) in enumerate(zip(src_idx, offsets, flips, strict=True)):
+            src = sources[k]
+            sy = int(oy * (src.shape[0] - size + 1))
+            sx = int(ox * (src.shape[1] - size + 1))
+            crop = src[sy : sy + size, sx : sx + size]
+            canvas[j] = crop[:, ::-1] if flip else crop
+        canvas *= rng.uniform(0.6, 1.2, (c1 - c0, 1, 1, 3)).astype(np.float32)
+        np.clip(canvas, 0, 1, out=canvas)
+        for j, i in enumerate(range(c0, c1)):
+            draw(i, canvas[j])
+        if noise > 0:
+            # crops of a fixed noise bank: ~10x cheaper than fresh normals per pixel
+            bank = _noise_bank()
+            span = bank.shape[0] - size + 1
+            for j, (ny, nx) in enumerate(rng.integers(0, span, (c1 - c0, 2))):
+                canvas[j] += noise * bank[ny : ny + size, nx : nx + size]
+        canvas *= 255
+        canvas += 0.5
+        np.clip(canvas, 0, 255, out=canvas)
+        images[c0:c1] = canvas.astype(np.uint8)
+    return images
+
+
+def _check(n: int, size: int, object_size: tuple[int, int], distractors: tuple[int, int],
+           split: str, largest: int | None = None) -> None:
+    """Validate the common arguments of :func:`scenes` and :func:`pair_scenes`."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if not 16 <= size <= 300:  # the smallest background photos are 300 px
+        raise ValueError(f"size must be in [16, 300], got {size}")
+    lo_size, hi_size = object_size
+    top = size if largest is None else largest
+    if not 2 <= lo_size <= hi_size <= top:
+        raise ValueError(f"object_size must satisfy 2 <= lo <= hi <= {top}, got {object_size}")
+    lo_n, hi_n = distractors
+    if not 0 <= lo_n <= hi_n:
+        raise ValueError(f"distractors must satisfy 0 <= lo <= hi, got {distractors}")
+    if split not in ("all", "train", "test"):
+        raise ValueError(f"split must be 'all', 'train' or 'test', got {split!r}")
+
+
+def _digit_pool(split: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """All bitmaps and, per class, the indices of ``split``'s bitmaps of that class."""
+    bitmaps, targets = _digits()
+    pool = {
+        "all": np.arange(len(targets)),
+        "train": np.arange(TEST_DIGITS_FROM),
+        "test": np.arange(TEST_DIGITS_FROM, len(targets)),
+    }[split]
+    return bitmaps, [pool[targets[pool] == k] for k in range(len(CLASS_NAMES))]
 
 
 def scenes(
@@ -293,64 +366,102 @@ def scenes(
     Raises:
         ImportError: if scikit-image or scikit-learn is missing.
     """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    if not 16 <= size <= 300:  # the smallest background photos are 300 px
-        raise ValueError(f"size must be in [16, 300], got {size}")
-    lo_size, hi_size = object_size
-    if not 2 <= lo_size <= hi_size <= size:
-        raise ValueError(f"object_size must satisfy 2 <= lo <= hi <= {size}, got {object_size}")
-    lo_n, hi_n = distractors
-    if not 0 <= lo_n <= hi_n:
-        raise ValueError(f"distractors must satisfy 0 <= lo <= hi, got {distractors}")
+    _check(n, size, object_size, distractors, split)
     if not 0.0 <= spread <= 1.0:
         raise ValueError(f"spread must be in [0, 1], got {spread}")
-    if split not in ("all", "train", "test"):
-        raise ValueError(f"split must be 'all', 'train' or 'test', got {split!r}")
-    bitmaps, targets = _digits()
+    bitmaps, by_class = _digit_pool(split)
     sources = _sources()
-    pool = {
-        "all": np.arange(len(targets)),
-        "train": np.arange(TEST_DIGITS_FROM),
-        "test": np.arange(TEST_DIGITS_FROM, len(targets)),
-    }[split]
-    by_class = [pool[targets[pool] == k] for k in range(len(CLASS_NAMES))]
+    lo_size, hi_size = object_size
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, len(CLASS_NAMES), n).astype(np.int64)
     heights = np.exp(rng.uniform(np.log(lo_size), np.log(hi_size + 1), n)).astype(int)
     heights = np.clip(heights, lo_size, hi_size)
-    images = np.empty((n, size, size, 3), dtype=np.uint8)
     masks = np.zeros((n, size, size), dtype=bool)
     boxes = np.empty((n, 4), dtype=np.int64)
-    # whole-image work (gain, clip, noise, quantization) is done per chunk, vectorized
-    for c0 in range(0, n, _CHUNK):
-        c1 = min(n, c0 + _CHUNK)
-        canvas = np.empty((c1 - c0, size, size, 3), dtype=np.float32)
-        src_idx = rng.integers(len(sources), size=c1 - c0)
-        offsets = rng.random((c1 - c0, 2))
-        flips = rng.random(c1 - c0) < 0.5
-        for j, (k, (oy, ox), flip) in enumerate(zip(src_idx, offsets, flips, strict=True)):
-            src = sources[k]
-            sy = int(oy * (src.shape[0] - size + 1))
-            sx = int(ox * (src.shape[1] - size + 1))
-            crop = src[sy : sy + size, sx : sx + size]
-            canvas[j] = crop[:, ::-1] if flip else crop
-        canvas *= rng.uniform(0.6, 1.2, (c1 - c0, 1, 1, 3)).astype(np.float32)
-        np.clip(canvas, 0, 1, out=canvas)
-        for j, i in enumerate(range(c0, c1)):
-            boxes[i] = _draw_scene(
-                canvas[j], masks[i], rng, labels[i], int(heights[i]), by_class, bitmaps,
-                sources, distractors, spread,
-            )  # fmt: skip
-        if noise > 0:
-            # crops of a fixed noise bank: ~10x cheaper than fresh normals per pixel
-            bank = _noise_bank()
-            span = bank.shape[0] - size + 1
-            for j, (ny, nx) in enumerate(rng.integers(0, span, (c1 - c0, 2))):
-                canvas[j] += noise * bank[ny : ny + size, nx : nx + size]
-        canvas *= 255
-        canvas += 0.5
-        np.clip(canvas, 0, 255, out=canvas)
-        images[c0:c1] = canvas.astype(np.uint8)
+
+    def draw(i: int, canvas: np.ndarray) -> None:
+        _distractors(canvas, rng, sources, distractors)
+        boxes[i] = _draw_digit(canvas, masks[i], rng, int(labels[i]), int(heights[i]), by_class, bitmaps,
+                               spread)
+
+    images = _render(n, rng, size, noise, draw)
     return Scenes(images, labels, boxes, masks, list(CLASS_NAMES))
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Scenes with two digits of different classes (for class-discrimination tests).
+
+    Attributes:
+        images: ``uint8 [n, S, S, 3]`` RGB images.
+        labels: ``int64 [n, 2]`` the two digits' classes, always different.
+        boxes: ``int64 [n, 2, 4]`` their tight boxes ``[x0, y0, x1, y1]`` (exclusive ends).
+        masks: ``bool [n, 2, S, S]`` their drawn pixels.
+        class_names: the K class names.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    boxes: np.ndarray
+    masks: np.ndarray
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def pair_scenes(
+    n: int,
+    seed: int = 0,
+    *,
+    size: int = SCENE_SIZE,
+    object_size: tuple[int, int] = (22, 48),
+    distractors: tuple[int, int] = (2, 5),
+    split: Literal["all", "train", "test"] = "all",
+    noise: float = 0.02,
+) -> Pairs:
+    """Generate ``n`` scenes with two digits of different classes, one in each half.
+
+    Background and distractors are drawn as in :func:`scenes`; the image is split into two
+    halves (left/right or top/bottom, at random) and each digit is placed anywhere inside
+    its own half, so the two never overlap.
+
+    Args:
+        n: number of scenes.
+        seed: random seed; the same seed (and arguments) gives the same scenes.
+        size: side ``S`` of the square images, 16 to 300.
+        object_size: range of each digit's height, sampled log-uniformly; at most ``S // 2``.
+        distractors: inclusive range of the number of distractors per scene.
+        split: which ``load_digits`` bitmaps to draw from (as in :func:`scenes`).
+        noise: standard deviation of the Gaussian pixel noise, in [0, 1] intensity units.
+
+    Returns:
+        A :class:`Pairs` with uint8 images, ``[n, 2]`` labels, ``[n, 2, 4]`` boxes and masks.
+    """
+    _check(n, size, object_size, distractors, split, largest=size // 2)
+    bitmaps, by_class = _digit_pool(split)
+    sources = _sources()
+    k = len(CLASS_NAMES)
+    lo_size, hi_size = object_size
+
+    rng = np.random.default_rng(seed)
+    first = rng.integers(0, k, n)
+    labels = np.stack([first, (first + rng.integers(1, k, n)) % k], axis=1).astype(np.int64)
+    heights = np.exp(rng.uniform(np.log(lo_size), np.log(hi_size + 1), (n, 2))).astype(int)
+    heights = np.clip(heights, lo_size, hi_size)
+    vertical = rng.random(n) < 0.5  # split into left/right halves, else top/bottom
+    masks = np.zeros((n, 2, size, size), dtype=bool)
+    boxes = np.empty((n, 2, 4), dtype=np.int64)
+    half = size // 2
+
+    def draw(i: int, canvas: np.ndarray) -> None:
+        _distractors(canvas, rng, sources, distractors)
+        areas = ([(0, 0, half, size), (half, 0, size, size)] if vertical[i]
+                 else [(0, 0, size, half), (0, half, size, size)])
+        for j in (0, 1):
+            boxes[i, j] = _draw_digit(canvas, masks[i, j], rng, int(labels[i, j]), int(heights[i, j]),
+                                      by_class, bitmaps, 1.0, areas[j])
+
+    images = _render(n, rng, size, noise, draw)
+    return Pairs(images, labels, boxes, masks, list(CLASS_NAMES))

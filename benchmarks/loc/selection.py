@@ -1,0 +1,104 @@
+"""Defaults chosen on the validation split: sweep map kind, scales, padding, clamping and the
+box fraction; pick by box accuracy, then pointing, then cost."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import fcn_cam
+from fcn_cam import metrics
+from fcn_cam.demo import Scenes
+
+from .fcnmaps import KINDS, Config, Raw, config_maps, forward, input_keys, pick, predictions
+
+SCALE_SETS: tuple[tuple[float, ...], ...] = (
+    (1.0,),
+    (1.5,),
+    (2.0,),
+    (3.0,),
+    (1.0, 1.5),
+    (1.0, 2.0),
+    (1.5, 2.0),
+    (1.0, 1.5, 2.0),
+    (1.0, 1.5, 2.0, 3.0),
+)
+#: Scale 3 is swept with ``window`` padding only (it costs as much as the other scales together).
+BIG_SCALE, BIG_SCALE_PAD = 3.0, "window"
+#: Box fractions: a coarse grid, then the neighbours of its best (the full 0.05 grid costs 2x).
+COARSE = tuple(round(0.1 * i, 2) for i in range(1, 10))
+#: Configurations whose validation box accuracy is within this of the best tie on box accuracy
+#: (the standard error of a 500-scene accuracy near 0.6 is ~0.022) ...
+BOX_TIE = 0.01
+#: ... and then on pointing within this; the cheapest of those wins.
+POINT_TIE = 0.005
+CRITERION = (
+    f"highest validation box accuracy (at each configuration's own swept fraction); among "
+    f"configurations within {BOX_TIE:.2f} of it, the highest pointing game; among those within "
+    f"{POINT_TIE:.3f} of that, the lowest cost (network-input pixels per image, summed over scales)"
+)
+
+
+def forwards(fcn: fcn_cam.FCN, data: Scenes, scales, pads, kinds=KINDS) -> dict[tuple[float, str], Raw]:
+    """Raw maps of the true classes for every network input the configurations need."""
+    keys = input_keys(scales, pads, kinds)
+    return {(s, p): forward(fcn, data.images, data.labels[:, None], s, p) for s, p in keys}
+
+
+def sweep_keys(pads) -> list[tuple[float, str]]:
+    """The network inputs the validation sweep needs."""
+    small = sorted({s for ss in SCALE_SETS for s in ss} - {BIG_SCALE})
+    return sorted(set(input_keys(small, pads)) | set(input_keys([BIG_SCALE], [BIG_SCALE_PAD])))
+
+
+def sweep_fraction(maps, boxes) -> metrics.ThresholdSweep:
+    """Coarse-to-fine :func:`fcn_cam.metrics.sweep_fraction` (ties to the smaller fraction)."""
+    coarse = metrics.sweep_fraction(maps, boxes, COARSE)
+    f = coarse.fraction
+    return metrics.sweep_fraction(maps, boxes, [round(g, 2) for g in (f - 0.05, f, f + 0.05) if 0 < g < 1])
+
+
+def configs(pads, scale_sets=SCALE_SETS, clamps=(True, False)) -> list[Config]:
+    """Every configuration swept (score maps with ``window`` padding are left out: for them
+    it is the same input as ``cover``)."""
+    return [
+        Config(k, ss, p, c)
+        for k in KINDS
+        for ss in scale_sets
+        for p in pads
+        for c in clamps
+        if (k, p) != ("scores", "window") and (BIG_SCALE not in ss or p == BIG_SCALE_PAD)
+    ]
+
+
+def evaluate(fcn: fcn_cam.FCN, raws: dict, data: Scenes, cfg: Config) -> dict:
+    """Validation numbers of one configuration."""
+    rs = pick(raws, cfg)
+    maps = config_maps(fcn, raws, cfg, data.labels[:, None])
+    sweep = sweep_fraction(list(maps), data.boxes)
+    hits = [metrics.pointing_hit(m, b) for m, b in zip(maps, data.boxes)]
+    return {
+        **cfg.as_dict(),
+        "box_fraction": sweep.fraction,
+        "box_acc": sweep.accuracy,
+        "pointing": metrics.class_mean_accuracy(hits, data.labels),
+        "energy": float(np.mean([metrics.energy_pointing(m, b) for m, b in zip(maps, data.boxes)])),
+        "top1": float((predictions(fcn, rs) == data.labels).mean()),
+        "cost_pixels": sum(r.pixels for r in rs),
+    }
+
+
+def choose(rows: list[dict]) -> dict:
+    """The configuration the criterion (:data:`CRITERION`) picks."""
+    best = max(r["box_acc"] for r in rows)
+    near = [r for r in rows if r["box_acc"] >= best - BOX_TIE - 1e-12]
+    top = max(r["pointing"] for r in near)
+    near = [r for r in near if r["pointing"] >= top - POINT_TIE - 1e-12]
+    return min(near, key=lambda r: (r["cost_pixels"], -r["box_acc"], -r["pointing"]))
+
+
+def config_of(row: dict) -> Config:
+    return Config(row["maps"], tuple(row["scale"]), row["pad"], row["clamp"])
+
+
+def find(rows: list[dict], cfg: Config) -> dict:
+    return next(r for r in rows if config_of(r) == cfg)

@@ -254,9 +254,10 @@ def _fold_head(
             # float64 only where an affine layer is folded in (promotion below): VGG16's first
             # Linear is 411 MB in fp32, 822 MB more as a float64 copy
             w = layer.weight.detach()
-            b = layer.bias.detach() if layer.bias is not None else torch.zeros(len(w), dtype=w.dtype)
+            b = layer.bias.detach() if layer.bias is not None else w.new_zeros(len(w))
             if pending is not None:
                 a, c = (v.expand(w.shape[1]) if v.numel() == 1 else v for v in pending)
+                w, b = w.double(), b.double()
                 w, b = w * a[None, :], b + w @ c
                 pending = None
             ops.append((w, b.to(w.device)))

@@ -83,7 +83,7 @@ class Bench:
 
 
 def subset_raw(r: fcnmaps.Raw, n: int) -> fcnmaps.Raw:
-    return fcnmaps.Raw(r.scores[:n], r.cells[:n], r.shape, r.pad, r.pixels, r.hw)
+    return fcnmaps.Raw(r.scores[:n], r.cells[:n], r.shape, r.pad, r.macs, r.hw)
 
 
 def fcn_rows(
@@ -288,10 +288,9 @@ def main() -> None:
 
     elapsed = time.time() - t0
     defaults = {**default.as_dict(), "box_fraction": fractions, "rank": "auto"}
-    val_sorted = sorted(val_rows, key=lambda r: (-r["box_acc"], -r["pointing"], r["cost_pixels"]))
+    val_sorted = sorted(val_rows, key=lambda r: (-r["box_acc"], -r["pointing"], r["cost_gmac"]))
     res = {
-        "command": "python "
-        + " ".join([Path(sys.argv[0]).as_posix().split("/")[-2] + "/" + Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": " ".join(["python", "benchmarks/" + Path(__file__).name, *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "minutes": elapsed / 60,
         "machine": {

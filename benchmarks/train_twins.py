@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=2, help="passes over the full-difficulty set")
     p.add_argument("--crop-area", type=float, nargs=2, default=T.CROP_AREA,
                    help="random-resized-crop area range (share of the scene); 1 1 = no crops")
+    p.add_argument("--crop-log", action="store_true",
+                   help="draw crop areas log-uniformly (more high magnifications)")
+    p.add_argument("--train-seed", type=int, default=TRAIN_SEED, help="seed of the full-difficulty scenes")
     p.add_argument("--init", type=Path,
                    help="start from these twins (a twins.pt) instead of random weights")
     p.add_argument("--crop-warmup", action="store_true",
@@ -176,7 +179,7 @@ def train_one(name: str, data: dict, args: argparse.Namespace) -> dict:
         if cropping:
             # windows drawn from (seed, step) alone: both twins get the same crops
             rng = np.random.default_rng([args.seed, step])
-            win = T.crop_windows(boxes[idx], rng, area=tuple(args.crop_area))
+            win = T.crop_windows(boxes[idx], rng, area=tuple(args.crop_area), log_area=args.crop_log)
             win[idx < crop_from] = (0, 0, T.INPUT_SIZE, T.INPUT_SIZE)
             x = T.resized_crops(x, win)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -264,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         make_scenes(n, seed=EASY_SEED + i, split="train", **WARMUP_STAGES[i])
         for i, n in enumerate(args.warmup)
     ]
-    parts.append(make_scenes(args.train, seed=TRAIN_SEED, split="train"))
+    parts.append(make_scenes(args.train, seed=args.train_seed, split="train"))
     gen_seconds = time.perf_counter() - t0
     n_gen = sum(len(p) for p in parts)
     print(f"generated {n_gen} training scenes in {gen_seconds:.1f} s", flush=True)
@@ -301,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
             for st in WARMUP_STAGES
         ],
         "train_scenes": args.train,
-        "train_seed": TRAIN_SEED,
+        "train_seed": args.train_seed,
         "val_scenes": args.val,
         "val_seed": VAL_SEED,
         "test_scenes": args.test,
@@ -319,7 +322,8 @@ def main(argv: list[str] | None = None) -> None:
         "fc_dropout": args.dropout,
         "augmentation": (
             f"random-resized crops of the {'' if args.crop_warmup else 'full-difficulty '}"
-            f"scenes: area U{tuple(args.crop_area)} of the scene, aspect logU(3/4, 4/3), "
+            f"scenes: area {'logU' if args.crop_log else 'U'}{tuple(args.crop_area)} of the scene, "
+            "aspect logU(3/4, 4/3), "
             "resized (bilinear) to 112 px; a crop must contain the digit's whole box "
             "(rejected otherwise, 10 attempts, then the whole scene); no flips (digits)"
             if tuple(args.crop_area) != (1.0, 1.0) else "none"

@@ -275,8 +275,10 @@ def explain(
         help="'scores': the window score maps; 'cells': their exact decomposition over "
         "feature cells (one backward pass through the head only).")] = DEFAULT_MAPS,
     pad: Annotated[str, typer.Option(
-        help="Pad the input with the mean colour: 'cover' just enough that the map's cells "
-        "cover the whole image, 'window', or 'none' (the outer band repeats its neighbour).")] = DEFAULT_PAD,
+        help="'features': zero-pad the feature map until the windows cover the whole image "
+        "(cheap: the body sees the unpadded image); or pad the input with the mean colour: "
+        "'cover' just enough that the map's cells cover the whole image, 'window' as for score "
+        "maps; 'none' (the outer band repeats its neighbour).")] = DEFAULT_PAD,
     no_pad: Annotated[bool, typer.Option("--no-pad", help="Same as --pad none.")] = False,
     clamp: Annotated[bool, typer.Option(help="Clamp heatmaps at 0 (no negative evidence).")] = DEFAULT_CLAMP,
     rank: Annotated[str, typer.Option(

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .geometry import Geometry, align, cell_centre, cover_padding
+from .geometry import Geometry, align, cell_centre, cover_padding, feature_cover_padding
 from .images import ImageError, ImageLike, as_image, load_image, to_input
-from .maps import MAP_KINDS, cell_maps_of, forward, score_maps  # noqa: F401 (score_maps re-exported)
+from .maps import MAP_KINDS, Padding, cell_maps_of, forward, score_maps  # noqa: F401 (score_maps re-exported)
 from .metrics import threshold_box
 from .surgery import FCN
 
@@ -148,7 +148,7 @@ def sides(fcn: FCN, scales: Sequence[float]) -> list[int]:
     return [round(s * min(fcn.input_size)) for s in scales]
 
 
-PADS = ("cover", "window", "none")
+PADS = ("features", "cover", "window", "none")
 
 
 def resolve_maps(maps: str) -> str:
@@ -158,9 +158,12 @@ def resolve_maps(maps: str) -> str:
 
 
 def resolve_pad(pad: str | bool) -> str:
-    """``cover``: the least padding after which the cells of the map kind cover every pixel
-    (score maps: window centres; cell maps: feature-cell centres); ``window``: the score
-    maps' cover padding for either kind; ``none``. ``True``/``False`` mean cover/none."""
+    """``features``: the body runs on the unpadded image and its feature map is zero-padded
+    until the window centres cover every pixel (the cheap way: only the head sees the
+    padding); ``cover``: the input is padded with the mean colour, the least after which the
+    cells of the map kind cover every pixel (score maps: window centres; cell maps:
+    feature-cell centres); ``window``: the input padded as ``cover`` pads for score maps,
+    whatever the map kind; ``none``. ``True``/``False`` mean cover/none."""
     pad = {True: "cover", False: "none"}.get(pad, pad) if isinstance(pad, bool) else pad
     if pad not in PADS:
         raise ValueError(f"pad must be one of {', '.join(PADS)}, got {pad!r}")
@@ -175,17 +178,24 @@ def map_geometry(fcn: FCN, maps: str) -> Geometry:
 class NetInput(NamedTuple):
     x: torch.Tensor  # [3, H', W'] normalized, padded
     shape: tuple[int, int]  # (H, W) of the resized image inside it
-    pad: tuple[int, int]  # (top, left) padding
+    pad: tuple[int, int]  # (top, left) padding in input pixels (or its equivalent, below)
+    feature_pad: Padding | None = None  # feature-map padding in cells (pad="features")
 
 
 def network_input(fcn: FCN, image: Image.Image, side: int, pad: str | bool, maps: str = "scores") -> NetInput:
     """The normalized image with its shorter side resized to ``side``, padded with zeros
-    (the mean colour) as ``pad`` says (:func:`resolve_pad`)."""
+    (the mean colour) as ``pad`` says (:func:`resolve_pad`). With ``pad="features"`` the
+    image stays unpadded and ``feature_pad`` says how to pad the features; ``pad`` is then
+    the input padding that would place the cells alike (cells × feature stride)."""
     pad = resolve_pad(pad)
     x = to_input(image, side, fcn.info["mean"], fcn.info["std"])
     shape = (x.shape[-2], x.shape[-1])
     if pad == "none":
         return NetInput(x, shape, (0, 0))
+    if pad == "features":
+        cells = feature_cover_padding(fcn.features, fcn.head, *shape)
+        g = fcn.geometry
+        return NetInput(x, shape, (round(cells[0] * g.y.stride), round(cells[2] * g.x.stride)), cells)
     net = fcn.features if (pad, maps) == ("cover", "cells") else fcn
     top, bottom, left, right = cover_padding(net, *shape)
     return NetInput(torch.nn.functional.pad(x, (left, right, top, bottom)), shape, (top, left))
@@ -248,7 +258,8 @@ def explain_inputs(
     """
     s = settings
     cells = s.maps == "cells"
-    passes = [forward(fcn, torch.stack([i[k].x for i in inputs]), cells=cells) for k in range(len(s.scales))]
+    passes = [forward(fcn, torch.stack([i[k].x for i in inputs]), cells=cells, pad=inputs[0][k].feature_pad)
+              for k in range(len(s.scales))]
     scores, chosen = _choose(fcn, [p.scores for p in passes], s)
     maps = [cell_maps_of(p, chosen) if cells else
             p.scores.detach().float().gather(1, chosen[:, :, None, None].expand(-1, -1, *p.scores.shape[-2:]))

@@ -39,8 +39,21 @@ class Forward(NamedTuple):
     scores: torch.Tensor  # [B, K, h, w]; attached to the head's graph when cells are wanted
 
 
-def forward(fcn: FCN, batch: torch.Tensor, *, cells: bool = False) -> Forward:
-    """Run ``fcn`` on an image batch (moved to its device, dtype and memory format).
+Padding = tuple[int, int, int, int]  # (top, bottom, left, right)
+
+
+def pad_features(f: torch.Tensor, pad: Padding | None) -> torch.Tensor:
+    """Zero-pad a ``[B, C, h, w]`` feature map by ``pad`` cells: windows reaching past the
+    image see no features there (what ``pad="features"`` costs instead of a padded input)."""
+    if not pad or not any(pad):
+        return f
+    top, bottom, left, right = pad
+    return torch.nn.functional.pad(f, (left, right, top, bottom))
+
+
+def forward(fcn: FCN, batch: torch.Tensor, *, cells: bool = False, pad: Padding | None = None) -> Forward:
+    """Run ``fcn`` on an image batch (moved to its device, dtype and memory format), the
+    body's feature map zero-padded by ``pad`` cells before the head.
 
     With ``cells``, the head's graph is kept (the body's never is) so that
     :func:`cell_maps_of` can run the backward pass for the classes chosen afterwards.
@@ -48,10 +61,10 @@ def forward(fcn: FCN, batch: torch.Tensor, *, cells: bool = False) -> Forward:
     x = input_like(fcn, batch)
     if not cells:
         with torch.inference_mode():
-            f = fcn.features(x)
+            f = pad_features(fcn.features(x), pad)
             return Forward(f, fcn.run_head(f))
     with torch.no_grad():
-        f = fcn.features(x)
+        f = pad_features(fcn.features(x), pad)
     f = f.detach().requires_grad_(True)
     with torch.enable_grad():
         return Forward(f, fcn.run_head(f))
@@ -80,13 +93,15 @@ def cell_maps_of(fw: Forward, classes: torch.Tensor) -> torch.Tensor:
     return cells.transpose(0, 1)
 
 
-def score_maps(fcn: FCN, batch: torch.Tensor) -> torch.Tensor:
+def score_maps(fcn: FCN, batch: torch.Tensor, pad: Padding | None = None) -> torch.Tensor:
     """``[B, K, h, w]`` float32 window score maps on the model's device."""
-    return forward(fcn, batch).scores.float()
+    return forward(fcn, batch, pad=pad).scores.float()
 
 
-def cell_maps(fcn: FCN, batch: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def cell_maps(
+    fcn: FCN, batch: torch.Tensor, classes: torch.Tensor, pad: Padding | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Score maps ``[B, K, h, w]`` and cell maps ``[B, T, fh, fw]`` (float32) for ``classes``
     ``[B, T]``, from one forward pass and one head-only backward pass."""
-    fw = forward(fcn, batch, cells=True)
+    fw = forward(fcn, batch, cells=True, pad=pad)
     return fw.scores.detach().float(), cell_maps_of(fw, classes)

@@ -128,6 +128,32 @@ def test_cells_in_bf16_follow_fp32():
     assert r > 0.98
 
 
+def test_feature_padding_equals_input_padding_on_a_pooling_body():
+    """Padding the features by p cells is padding the input by p × stride zeros, exactly,
+    when zeros stay zeros through the body (bias-free, non-overlapping convs + ReLU): the
+    same windows, the same cells, the same geometry (``pad`` recorded as p × stride)."""
+    from fcn_cam.explain import network_input
+
+    torch.manual_seed(0)
+    features = nn.Sequential(nn.Conv2d(3, 8, 2, stride=2, bias=False), nn.ReLU(),
+                             nn.Conv2d(8, 16, 2, stride=2, bias=False), nn.ReLU())
+    model = nn.Sequential(OrderedDict(features=features, flatten=nn.Flatten(), classifier=nn.Sequential(
+        nn.Linear(16 * 4 * 4, 32), nn.ReLU(), nn.Linear(32, 5))))
+    fcn = fcn_cam.convert(model.eval(), 16)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 44, 3), dtype=np.uint8))
+    ni = network_input(fcn, img, 40, "features")
+    top, bottom, left, right = ni.feature_pad
+    assert ni.pad == (4 * top, 4 * left) and min(ni.feature_pad) > 0
+    x = ni.x[None]
+    padded = torch.nn.functional.pad(x, (4 * left, 4 * right, 4 * top, 4 * bottom))
+    classes = torch.tensor([[2, 4]])
+    s_feat, c_feat = cell_maps(fcn, x, classes, pad=ni.feature_pad)
+    s_img, c_img = cell_maps(fcn, padded, classes)
+    torch.testing.assert_close(s_feat, s_img, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(c_feat, c_img, rtol=1e-5, atol=1e-5)
+    assert c_feat[..., :top, :].abs().max() == 0  # padded cells hold no evidence
+
+
 def test_no_graph_or_grad_left_behind():
     fcn = fcn_cam.convert(small_vgg(), NATIVE)
     fw = forward(fcn, batch(1, NATIVE, NATIVE), cells=True)
@@ -143,7 +169,7 @@ def test_explain_cells_points_at_the_planted_patch():
     fcn = convert_planted()
     img = np.zeros((96, 128, 3), np.uint8)
     img[52:60, 84:92] = (255, 0, 0)  # centre (87.5, 55.5) in pixel-centre coordinates
-    for pad in ("cover", "window", "none"):
+    for pad in ("features", "cover", "window", "none"):
         exp = fcn_cam.explain(fcn, Image.fromarray(img), scale=1.5, maps="cells", target="red", pad=pad)
         assert exp.maps == "cells" and exp.record()["maps"] == "cells"
         t = exp.targets[0]

@@ -10,7 +10,7 @@ from conftest import NATIVE, convert_planted
 from PIL import Image
 
 from fcn_cam import convert, explain
-from fcn_cam.geometry import Geometry, align, cell_centre, cover_padding, stretch
+from fcn_cam.geometry import Geometry, align, cell_centre, cover_padding, feature_cover_padding, stretch
 from fcn_cam.geometry import map_size as fcn_map_size
 
 
@@ -143,6 +143,33 @@ def test_cover_padding_reaches_every_pixel(arch):
         assert g.y.offset <= 0 and g.x.offset <= 0
         assert g.y.stride * (n[0] - 1) + g.y.offset >= h - 1
         assert g.x.stride * (n[1] - 1) + g.x.offset >= w - 1
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "alexnet"])
+def test_feature_cover_padding_reaches_every_pixel_and_is_least(arch):
+    """Window centres over the zero-padded feature map cover every pixel; one cell less
+    on either side would not."""
+    fcn = convert(torchvision.models.get_model(arch, weights=None).eval())
+    g = fcn.geometry
+    for h, w in ((224, 224), (448, 300), (337, 513)):
+        pads = feature_cover_padding(fcn.features, fcn.head, h, w)
+        fsize = fcn_map_size(fcn.features, h, w)
+
+        def reach(a: int, before: int, after: int, fsize=fsize) -> tuple[float, float]:
+            axis, size = (g.y, g.x)[a], list(fsize)
+            size[a] += before + after
+            n = fcn_map_size(fcn.head, *size)[a]
+            first = axis.offset - axis.stride * before
+            return first, first + axis.stride * (n - 1) if n > 0 else -1.0
+
+        for a, n_px in ((0, h), (1, w)):
+            before, after = pads[2 * a], pads[2 * a + 1]
+            first, last = reach(a, before, after)
+            assert first <= 0 and last >= n_px - 1
+            if before:
+                assert reach(a, before - 1, after)[0] > 0
+            if after:
+                assert reach(a, before, after - 1)[1] < n_px - 1
 
 
 def _box_net(*layers: torch.nn.Module) -> torch.nn.Sequential:

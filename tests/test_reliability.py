@@ -143,7 +143,9 @@ def setup(tmp_path_factory):
 
 
 def explain_args(model: Path, corpus: Path, out: Path, *extra: str) -> list[str]:
-    return cli("explain", "-m", model, "--scale", "3", "--batch-size", "2", "-o", out, corpus, *extra)
+    # score maps: the invariant below (map max = recorded score) holds for them
+    return cli("explain", "-m", model, "--scale", "3", "--maps", "scores", "--batch-size", "2", "-o", out,
+               corpus, *extra)
 
 
 def test_interrupted_runs_lose_nothing(setup):

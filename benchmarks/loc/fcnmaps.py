@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from common import count_macs
 from PIL import Image
 
 import fcn_cam
 import fcn_cam.metrics
 from fcn_cam.explain import class_scores, map_geometry, network_input, resolve_rank, sides
-from fcn_cam.geometry import align
+from fcn_cam.geometry import align, map_size
 from fcn_cam.maps import MAP_KINDS as KINDS
 from fcn_cam.maps import cell_maps
 
@@ -47,7 +48,7 @@ class Raw:
     cells: torch.Tensor  # [n, T, fh, fw] cell maps of the requested classes
     shape: tuple[int, int]  # (H, W) of the resized image inside the network input
     pad: tuple[int, int]  # (top, left) padding
-    pixels: int  # network-input pixels per image (the cost proxy)
+    macs: dict[str, int]  # multiply-accumulates per image by map kind (the cost proxy)
     hw: tuple[int, int]  # (H, W) of the original images
 
 
@@ -74,7 +75,7 @@ def forward(
     cls = torch.as_tensor(np.asarray(classes, dtype=np.int64).reshape(len(images), -1))
     for b0 in range(0, len(images), batch):
         inputs = [network_input(fcn, Image.fromarray(im), side, pad, "cells") for im in images[b0 : b0 + batch]]
-        s, c = cell_maps(fcn, torch.stack([i.x for i in inputs]), cls[b0 : b0 + batch])
+        s, c = cell_maps(fcn, torch.stack([i.x for i in inputs]), cls[b0 : b0 + batch], inputs[0].feature_pad)
         scores.append(s.float())
         cells.append(c.float())
         inp = inputs[0]
@@ -83,9 +84,19 @@ def forward(
         torch.cat(cells),
         inp.shape,
         inp.pad,
-        int(inp.x.shape[-2] * inp.x.shape[-1]),
+        macs(fcn, inp),
         images.shape[1:3],
     )
+
+
+def macs(fcn: fcn_cam.FCN, inp) -> dict[str, int]:
+    """MACs of one image's maps: the body on the network input, the head on the (padded)
+    feature map; cell maps add the head's backward to its input (about one head forward)."""
+    body = count_macs(fcn.features, (1, *inp.x.shape))
+    fh, fw = map_size(fcn.features, *inp.x.shape[-2:])
+    t, b, left, r = inp.feature_pad or (0, 0, 0, 0)
+    head = count_macs(fcn.head, (1, fcn.head[0].in_channels, fh + t + b, fw + left + r))
+    return {"scores": body + head, "cells": body + 2 * head}
 
 
 def heatmaps(

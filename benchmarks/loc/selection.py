@@ -22,8 +22,9 @@ SCALE_SETS: tuple[tuple[float, ...], ...] = (
     (1.0, 1.5, 2.0),
     (1.0, 1.5, 2.0, 3.0),
 )
-#: Scale 3 is swept with ``window`` padding only (it costs as much as the other scales together).
-BIG_SCALE, BIG_SCALE_PAD = 3.0, "window"
+#: Scale 3 is swept with ``window`` and ``features`` padding only (it costs as much as the
+#: other scales together).
+BIG_SCALE, BIG_SCALE_PADS = 3.0, ("window", "features")
 #: Box fractions: a coarse grid, then the neighbours of its best (the full 0.05 grid costs 2x).
 COARSE = tuple(round(0.1 * i, 2) for i in range(1, 10))
 #: Configurations whose validation box accuracy is within this of the best tie on box accuracy
@@ -34,7 +35,7 @@ POINT_TIE = 0.005
 CRITERION = (
     f"highest validation box accuracy (at each configuration's own swept fraction); among "
     f"configurations within {BOX_TIE:.2f} of it, the highest pointing game; among those within "
-    f"{POINT_TIE:.3f} of that, the lowest cost (network-input pixels per image, summed over scales)"
+    f"{POINT_TIE:.3f} of that, the lowest cost (multiply-accumulates per image, summed over scales)"
 )
 
 
@@ -47,7 +48,8 @@ def forwards(fcn: fcn_cam.FCN, data: Scenes, scales, pads, kinds=KINDS) -> dict[
 def sweep_keys(pads) -> list[tuple[float, str]]:
     """The network inputs the validation sweep needs."""
     small = sorted({s for ss in SCALE_SETS for s in ss} - {BIG_SCALE})
-    return sorted(set(input_keys(small, pads)) | set(input_keys([BIG_SCALE], [BIG_SCALE_PAD])))
+    big = [p for p in BIG_SCALE_PADS if p in pads]
+    return sorted(set(input_keys(small, pads)) | set(input_keys([BIG_SCALE], big)))
 
 
 def sweep_fraction(maps, boxes) -> metrics.ThresholdSweep:
@@ -66,7 +68,7 @@ def configs(pads, scale_sets=SCALE_SETS, clamps=(True, False)) -> list[Config]:
         for ss in scale_sets
         for p in pads
         for c in clamps
-        if (k, p) != ("scores", "window") and (BIG_SCALE not in ss or p == BIG_SCALE_PAD)
+        if (k, p) != ("scores", "window") and (BIG_SCALE not in ss or p in BIG_SCALE_PADS)
     ]
 
 
@@ -83,7 +85,7 @@ def evaluate(fcn: fcn_cam.FCN, raws: dict, data: Scenes, cfg: Config) -> dict:
         "pointing": metrics.class_mean_accuracy(hits, data.labels),
         "energy": float(np.mean([metrics.energy_pointing(m, b) for m, b in zip(maps, data.boxes)])),
         "top1": float((predictions(fcn, rs) == data.labels).mean()),
-        "cost_pixels": sum(r.pixels for r in rs),
+        "cost_gmac": sum(r.macs[cfg.kind] for r in rs) / 1e9,
     }
 
 
@@ -93,7 +95,7 @@ def choose(rows: list[dict]) -> dict:
     near = [r for r in rows if r["box_acc"] >= best - BOX_TIE - 1e-12]
     top = max(r["pointing"] for r in near)
     near = [r for r in near if r["pointing"] >= top - POINT_TIE - 1e-12]
-    return min(near, key=lambda r: (r["cost_pixels"], -r["box_acc"], -r["pointing"]))
+    return min(near, key=lambda r: (r["cost_gmac"], -r["box_acc"], -r["pointing"]))
 
 
 def config_of(row: dict) -> Config:

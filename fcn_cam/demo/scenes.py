@@ -390,25 +390,10 @@ def scenes(
 
 
 @dataclass(frozen=True)
-class Pairs:
-    """Scenes with two digits of different classes (for class-discrimination tests).
-
-    Attributes:
-        images: ``uint8 [n, S, S, 3]`` RGB images.
-        labels: ``int64 [n, 2]`` the two digits' classes, always different.
-        boxes: ``int64 [n, 2, 4]`` their tight boxes ``[x0, y0, x1, y1]`` (exclusive ends).
-        masks: ``bool [n, 2, S, S]`` their drawn pixels.
-        class_names: the K class names.
-    """
-
-    images: np.ndarray
-    labels: np.ndarray
-    boxes: np.ndarray
-    masks: np.ndarray
-    class_names: list[str]
-
-    def __len__(self) -> int:
-        return len(self.labels)
+class Pairs(Scenes):
+    """Scenes with two digits of different classes (for class-discrimination tests): the
+    fields of :class:`Scenes` with one more axis of 2 — ``labels`` ``int64 [n, 2]`` (always
+    different), ``boxes`` ``int64 [n, 2, 4]``, ``masks`` ``bool [n, 2, S, S]``."""
 
 
 def pair_scenes(

@@ -189,6 +189,7 @@ def crop_windows(
     area: tuple[float, float] = CROP_AREA,
     ratio: tuple[float, float] = CROP_RATIO,
     attempts: int = 10,
+    log_area: bool = False,
 ) -> np.ndarray:
     """Random-resized-crop windows that keep each scene's label valid.
 
@@ -202,6 +203,7 @@ def crop_windows(
         boxes: ``int [n, 4]`` digit boxes ``[x0, y0, x1, y1]`` (exclusive ends).
         rng: the random generator (the same stream gives the same windows).
         size: side of the square scenes.
+        log_area: draw the area log-uniformly (more small crops, i.e. high magnifications).
 
     Returns:
         ``int64 [n, 4]`` windows ``[x0, y0, x1, y1]``, each containing its box.
@@ -213,7 +215,8 @@ def crop_windows(
     h = np.full(n, size, dtype=np.int64)
     todo = np.ones(n, dtype=bool)
     for _ in range(attempts):
-        a = rng.uniform(*area, n) * size**2
+        u = rng.uniform(*np.log(area), n) if log_area else rng.uniform(*area, n)
+        a = (np.exp(u) if log_area else u) * size**2
         r = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]), n))
         cw, ch = np.round(np.sqrt(a * r)).astype(np.int64), np.round(np.sqrt(a / r)).astype(np.int64)
         ok = todo & (cw <= size) & (ch <= size) & (cw >= bw) & (ch >= bh)

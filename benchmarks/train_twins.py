@@ -422,6 +422,21 @@ NOTES = [
 ]
 
 
+def init_lines(init: dict, depth: int = 1) -> list[str]:
+    """The chain of starting weights, newest first: each file, how it was trained, its results."""
+    br = init["recipe"]
+    aug = "no crops" if br.get("augmentation", "none").startswith("none") else br["augmentation"].split(";")[0]
+    start = "fine-tuned from the next" if br.get("init") else "trained from random weights"
+    line = (
+        f"{'  ' * depth}- `{init['file']}` (sha256 `{init['sha256'][:16]}…`): {start} by this script, "
+        f"warm-up {br['warmup_scenes']} + {br['train_scenes']} full-difficulty scenes (seed "
+        f"{br.get('train_seed', TRAIN_SEED)}), {br['steps']} steps, batch {br['batch']}, {br['optimizer']}; "
+        f"{aug}; test accuracy fc {init['accuracy']['fc']:.2%}, gap {init['accuracy']['gap']:.2%}; wall time "
+        f"fc {init['train_seconds']['fc'] / 60:.1f} min, gap {init['train_seconds']['gap'] / 60:.1f} min"
+    )
+    return [line] + (init_lines(br["init"], depth + 1) if br.get("init") else [])
+
+
 def render_md(r: dict) -> str:
     """The human-readable report, from the JSON one."""
     rc = r["recipe"]
@@ -476,17 +491,7 @@ def render_md(r: dict) -> str:
     skip = ("_scenes", "_seed", "_seeds", "warmup_stages")
     lines += [f"- {key}: {v}" for key, v in rc.items() if not key.endswith(skip) and key != "init"]
     if rc.get("init"):
-        base = rc["init"]
-        br = base["recipe"]
-        lines += [
-            f"- init: fine-tuned from `{base['file']}` (sha256 `{base['sha256'][:16]}…`, the "
-            "previously shipped twins, commit e0415a9), trained from random weights by this "
-            f"script without crops: warm-up {br['warmup_scenes']} + {br['train_scenes']} "
-            f"full-difficulty scenes, {br['steps']} steps, batch {br['batch']}, {br['optimizer']}"
-            f"; test accuracy fc {base['accuracy']['fc']:.2%}, gap {base['accuracy']['gap']:.2%}"
-            "; wall time fc "
-            f"{base['train_seconds']['fc'] / 60:.1f} min, gap {base['train_seconds']['gap'] / 60:.1f} min",
-        ]
+        lines += ["- init: fine-tuned from earlier twins, newest first:"] + init_lines(rc["init"])
     lines += [
         "",
         "## Results",

@@ -17,7 +17,6 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from .files import write_atomic
@@ -315,6 +314,8 @@ def _meta_model(obj: dict) -> FCN:
                 raise _Bad(f"architecture.arch must be a torchvision ResNet name, found {name!r:.80}")
             if not (_is_int(k) and 1 <= k <= 100_000):
                 raise _Bad(f"architecture.num_classes must be in 1…100000, found {k!r:.80}")
+            import torchvision  # only for this kind of file (torchvision costs ~160 MB to import)
+
             model = torchvision.models.get_model(name, weights=None, num_classes=k)
             fcn = convert(model, tuple(info["input_size"]), verify=False)
             if info["output_stride"] != fcn.info["output_stride"]:

@@ -25,13 +25,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torchvision
 from torch import nn
 
 from .geometry import PADS, SHORTCUT_NAMES, Geometry, map_size, spatial_layers
@@ -149,6 +149,12 @@ class _Split:
     flatten_order: str | None = None  # stated by the model (a Permute before the flatten)
 
 
+def _is_permute(m: nn.Module) -> bool:
+    """A ``torchvision.ops.Permute`` (without importing torchvision: a model holding one has)."""
+    tv = sys.modules.get("torchvision")
+    return tv is not None and isinstance(m, tv.ops.Permute)
+
+
 def _leaves(modules: Sequence[nn.Module]) -> list[nn.Module]:
     out: list[nn.Module] = []
     for m in modules:
@@ -177,7 +183,7 @@ def split(model: nn.Module) -> _Split:
             )
         body = children[: flat[0]]
         order = None
-        if body and isinstance(body[-1][1], torchvision.ops.Permute):
+        if body and _is_permute(body[-1][1]):
             order = permute_order(body.pop()[1].dims)
         pool = None
         if body and isinstance(body[-1][1], (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):

@@ -12,7 +12,6 @@ import urllib.error
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from .runtime import resolve_device
@@ -41,6 +40,8 @@ def _check_arch(arch: str) -> None:
 
 def imagenet_classes(arch: str) -> list[str]:
     """ImageNet class names from torchvision's weights metadata (no download needed)."""
+    import torchvision
+
     return list(torchvision.models.get_model_weights(arch).DEFAULT.meta["categories"])
 
 
@@ -57,6 +58,8 @@ def _local_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _download(arch: str, name: str) -> nn.Module:
+    import torchvision
+
     enum = torchvision.models.get_model_weights(arch)
     try:
         w = enum[name] if name != "DEFAULT" else enum.DEFAULT
@@ -79,6 +82,8 @@ def _download(arch: str, name: str) -> nn.Module:
 
 def build(arch: str, weights: str = "DEFAULT") -> tuple[nn.Module, str]:
     """A torchvision classifier in eval mode, and a label saying where its weights came from."""
+    import torchvision  # here, not at import: it costs ~160 MB that explaining never needs
+
     _check_arch(arch)
     if weights == RANDOM:
         return torchvision.models.get_model(arch, weights=None).eval(), RANDOM

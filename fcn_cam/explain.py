@@ -273,6 +273,16 @@ def explain_inputs(
     ]
 
 
+def fuse(maps: Sequence[torch.Tensor], geoms: Sequence[Geometry], shapes: Sequence[tuple[int, int]],
+         image_hw: tuple[int, int]) -> torch.Tensor:
+    """The mean over scales of ``[..., h, w]`` maps aligned onto the image (:func:`align`),
+    summed in place: one image-sized array however many scales."""
+    heat = align(maps[0], geoms[0], shapes[0], image_hw)
+    for m, g, sh in zip(maps[1:], geoms[1:], shapes[1:]):
+        heat += align(m, g, sh, image_hw)
+    return heat.div_(len(maps))
+
+
 def summarize_one(
     fcn: FCN, maps: Sequence[torch.Tensor], classes: Sequence[int], scores: torch.Tensor,
     inputs: Sequence[NetInput], image_size: tuple[int, int], s: Settings, image: str | None = None,
@@ -293,8 +303,7 @@ def summarize_one(
         ranking, s.rank, pads, maps=s.maps, clamp=s.clamp,
     )
     for t, c in enumerate(classes):
-        aligned = [align(m[t], g, sh, (height, width)) for m, g, sh in zip(maps, geoms, shapes)]
-        heat = torch.stack(aligned).mean(0)
+        heat = fuse([m[t] for m in maps], geoms, shapes, (height, width))
         if s.clamp:
             heat = heat.clamp_(min=0)
         heat = heat.cpu().numpy()

@@ -17,8 +17,8 @@ from PIL import Image
 
 import fcn_cam
 import fcn_cam.metrics
-from fcn_cam.explain import class_scores, map_geometry, network_input, resolve_rank, sides
-from fcn_cam.geometry import align, map_size
+from fcn_cam.explain import class_scores, fuse, map_geometry, network_input, resolve_rank, sides
+from fcn_cam.geometry import map_size
 from fcn_cam.maps import MAP_KINDS as KINDS
 from fcn_cam.maps import cell_maps
 
@@ -112,11 +112,9 @@ def heatmaps(
     (``classes[:, j]`` of the score maps, or cell-map slot ``j``) aligned per scale, averaged
     over scales, then clamped at 0 if asked."""
     idx = torch.as_tensor(np.asarray(classes).reshape(len(classes), -1)[:, j])
-    aligned = []
-    for r in raws:
-        m = r.scores[torch.arange(len(idx)), idx] if kind == "scores" else r.cells[:, j]
-        aligned.append(align(m, map_geometry(fcn, kind).shifted(*r.pad), r.shape, image_hw))
-    heat = torch.stack(aligned).mean(0)
+    maps = [r.scores[torch.arange(len(idx)), idx] if kind == "scores" else r.cells[:, j] for r in raws]
+    geoms = [map_geometry(fcn, kind).shifted(*r.pad) for r in raws]
+    heat = fuse(maps, geoms, [r.shape for r in raws], image_hw)
     if clamp:
         heat = heat.clamp_(min=0)
     return heat.numpy().astype(np.float32)

@@ -137,13 +137,16 @@ def main() -> None:
     }
     log(f"validation forwards done ({len(val_raws)} scale × padding)")
     val_rows = [selection.evaluate(b.fcn, val_raws, b.val, c) for c in selection.configs(pads)]
-    choice = selection.choose(val_rows)
+    choice = selection.choose(val_rows, len(b.val))
+    for r in sorted(val_rows, key=lambda r: -r["box_acc"])[:12]:
+        log(f"  val {selection.config_of(r).label():<50} box {r['box_acc']:.3f} "
+            f"point {r['pointing']:.3f} top1 {r['top1']:.3f} {r['cost_gmac']:.2f} GMAC")
     default = selection.config_of(choice)
     other = "scores" if default.kind == "cells" else "cells"
     same_other = Config(other, default.scales, default.pad, default.clamp)
     other_row = selection.evaluate(b.fcn, val_raws, b.val, same_other)  # ("scores", "window") is not swept
     fractions = {default.kind: choice["box_fraction"], other: other_row["box_fraction"]}
-    best_kind = {k: selection.choose([r for r in val_rows if r["maps"] == k]) for k in KINDS}
+    best_kind = {k: selection.choose([r for r in val_rows if r["maps"] == k], len(b.val)) for k in KINDS}
     log(f"default: {default.label()}, fractions {fractions}")
 
     # 2. test rows

@@ -153,23 +153,26 @@ def cover_padding(net: nn.Module, height: int, width: int) -> tuple[int, int, in
 def feature_cover_padding(
     features: nn.Module, head: nn.Module, height: int, width: int
 ) -> tuple[int, int, int, int]:
-    """Feature-map padding ``(top, bottom, left, right)``, in cells, after which the window
-    centres of ``head`` run over the padded features of a ``height × width`` input cover every
-    pixel (the feature-domain twin of :func:`cover_padding`).
+    """Feature-map padding ``(top, bottom, left, right)``, in whole cells, after which every
+    pixel of a ``height × width`` input lies within half a stride of a window centre of
+    ``head`` run over the padded features — as interior pixels do: each has a cell of its own.
 
     Padding the feature map by ``p`` cells places the windows as padding the input by
     ``p × stride`` pixels would, so the maps align with ``Geometry.shifted(p × stride)``.
+    (:func:`cover_padding` pads the input in pixels until the outermost centres reach the
+    outermost pixels; in whole cells that would often cost one more row of windows.)
     """
     g = Geometry.of(nn.Sequential(features, head))
     fsize = map_size(features, height, width)
     pads = []
     for a, (axis, n) in enumerate(((g.y, height), (g.x, width))):
-        before = max(0, math.ceil(axis.offset / axis.stride))
+        reach = axis.stride / 2  # how far from a centre a pixel still counts as its cell's
+        before = max(0, math.ceil((axis.offset - reach) / axis.stride))
         for after in range(0, fsize[a] + before + 2 * math.ceil(axis.window / axis.stride) + 2):
             size = [fsize[0], fsize[1]]
             size[a] += before + after
             cells = map_size(head, *size)[a]
-            if cells > 0 and axis.stride * (cells - 1 - before) + axis.offset >= n - 1:
+            if cells > 0 and axis.stride * (cells - 1 - before) + axis.offset >= n - 1 - reach:
                 break
         pads += [before, after]
     return pads[0], pads[1], pads[2], pads[3]

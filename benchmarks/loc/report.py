@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .selection import CRITERION
+from .selection import CRITERION, HISTORY
 
 ROW_KEYS = [
     ("box_acc_swept", "box acc"),
@@ -134,8 +134,9 @@ def markdown(r: dict) -> str:
         "## Defaults chosen on validation",
         "",
         f"Criterion: {CRITERION}. {r['n_configs']} configurations swept: map kind × scales × padding × "
-        "clamping (scale 3 with `window` padding only; score maps with `window` padding are the same input "
-        "as with `cover`), each with its own box fraction (0.1 … 0.9, then ± 0.05 around the best).",
+        "clamping (scale 3 with `window` and `features` padding only; score maps with `window` padding are "
+        "the same input as with `cover`), each with its own box fraction (0.1 … 0.9, then ± 0.05 around "
+        f"the best). {HISTORY}",
         "",
         defaults_table(d),
         "",

@@ -3,6 +3,8 @@ box fraction; pick by box accuracy, then pointing, then cost."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 import fcn_cam
@@ -27,15 +29,21 @@ SCALE_SETS: tuple[tuple[float, ...], ...] = (
 BIG_SCALE, BIG_SCALE_PADS = 3.0, ("window", "features")
 #: Box fractions: a coarse grid, then the neighbours of its best (the full 0.05 grid costs 2x).
 COARSE = tuple(round(0.1 * i, 2) for i in range(1, 10))
-#: Configurations whose validation box accuracy is within this of the best tie on box accuracy
-#: (the standard error of a 500-scene accuracy near 0.6 is ~0.022) ...
-BOX_TIE = 0.01
-#: ... and then on pointing within this; the cheapest of those wins.
-POINT_TIE = 0.005
 CRITERION = (
-    f"highest validation box accuracy (at each configuration's own swept fraction); among "
-    f"configurations within {BOX_TIE:.2f} of it, the highest pointing game; among those within "
-    f"{POINT_TIE:.3f} of that, the lowest cost (multiply-accumulates per image, summed over scales)"
+    "highest validation box accuracy (at each configuration's own swept fraction); among "
+    "configurations within one standard error of it (sqrt(p(1 - p) / n), n validation scenes: "
+    "the one-standard-error rule), the highest pointing game; among those within one standard "
+    "error of that, the lowest cost (multiply-accumulates per image, summed over scales)"
+)
+#: Why one standard error: a first version tied within fixed margins (0.01 box, 0.005
+#: pointing); on the run that shipped these defaults it picked cell maps at four scales with
+#: window padding, ~35 native forwards per image, for a box accuracy inside the noise of
+#: far cheaper configurations (the validation table in the results lists them all).
+HISTORY = (
+    "The first run of this benchmark tied configurations within fixed margins (0.01 box accuracy, "
+    "0.005 pointing) and picked cell maps at scales 1+1.5+2+3 with `window` padding — about 35 "
+    "native forwards per image; the rule was then changed to one standard error, since the fixed "
+    "margins were below the sampling noise of a 300-scene split."
 )
 
 
@@ -89,12 +97,18 @@ def evaluate(fcn: fcn_cam.FCN, raws: dict, data: Scenes, cfg: Config) -> dict:
     }
 
 
-def choose(rows: list[dict]) -> dict:
-    """The configuration the criterion (:data:`CRITERION`) picks."""
+def standard_error(p: float, n: int) -> float:
+    """Standard error of an accuracy ``p`` measured on ``n`` samples."""
+    return math.sqrt(max(p * (1 - p), 0.0) / n)
+
+
+def choose(rows: list[dict], n: int) -> dict:
+    """The configuration the criterion (:data:`CRITERION`) picks from validation ``rows``
+    measured on ``n`` scenes."""
     best = max(r["box_acc"] for r in rows)
-    near = [r for r in rows if r["box_acc"] >= best - BOX_TIE - 1e-12]
+    near = [r for r in rows if r["box_acc"] >= best - standard_error(best, n) - 1e-12]
     top = max(r["pointing"] for r in near)
-    near = [r for r in near if r["pointing"] >= top - POINT_TIE - 1e-12]
+    near = [r for r in near if r["pointing"] >= top - standard_error(top, n) - 1e-12]
     return min(near, key=lambda r: (r["cost_gmac"], -r["box_acc"], -r["pointing"]))
 
 

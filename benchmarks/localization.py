@@ -115,7 +115,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=16, help="deletion/insertion steps")
     ap.add_argument("--pads", default=",".join(PADS), help="paddings swept")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--render", type=Path, metavar="JSON",
+                    help="only rewrite the .md next to a localization.json from it (after a report change)")
     args = ap.parse_args()
+    if args.render:
+        args.render.with_suffix(".md").write_text(report.markdown(json.loads(args.render.read_text())))
+        return
     if args.quick:
         args.n_test, args.n_val, args.n_pairs, args.n_rise, args.steps, args.n_stride = 40, 30, 20, 4, 4, 20
     out = args.out or (Path(tempfile.mkdtemp(prefix="locbench-")) if args.quick else RESULTS)
@@ -138,8 +143,8 @@ def main() -> None:
     log(f"validation forwards done ({len(val_raws)} scale × padding)")
     val_rows = [selection.evaluate(b.fcn, val_raws, b.val, c) for c in selection.configs(pads)]
     choice = selection.choose(val_rows, len(b.val))
-    for r in sorted(val_rows, key=lambda r: -r["box_acc"])[:12]:
-        log(f"  val {selection.config_of(r).label():<50} box {r['box_acc']:.3f} "
+    for r in sorted(val_rows, key=lambda r: -r["top1_loc"])[:12]:
+        log(f"  val {selection.config_of(r).label():<50} top-1 loc {r['top1_loc']:.3f} box {r['box_acc']:.3f} "
             f"point {r['pointing']:.3f} top1 {r['top1']:.3f} {r['cost_gmac']:.2f} GMAC")
     default = selection.config_of(choice)
     other = "scores" if default.kind == "cells" else "cells"
@@ -164,10 +169,11 @@ def main() -> None:
                 for r in val_rows
                 if r["maps"] == k and r["pad"] == c.pad and r["clamp"] == c.clamp and len(r["scale"]) > 1
             ),
-            key=lambda r: r["box_acc"],
+            key=lambda r: r["top1_loc"],
         )
-        for ss in [*((s,) for s in SINGLE), tuple(fused["scale"])]:
-            cfgs.append(Config(k, ss, c.pad, c.clamp))
+        for ss in [*((s,) for s in SINGLE), tuple(fused["scale"]), c.scales]:
+            if Config(k, ss, c.pad, c.clamp) not in cfgs:
+                cfgs.append(Config(k, ss, c.pad, c.clamp))
     fcn_rows(b, b.fcn, "FCN-CAM ", cfgs, val_raws, test_raws)
     fcn_rows(b, b.fcn, "FCN-CAM default: ", [default], val_raws, test_raws)
     default_name = f"FCN-CAM default: {default.label()}"
@@ -291,7 +297,7 @@ def main() -> None:
 
     elapsed = time.time() - t0
     defaults = {**default.as_dict(), "box_fraction": fractions, "rank": "auto"}
-    val_sorted = sorted(val_rows, key=lambda r: (-r["box_acc"], -r["pointing"], r["cost_gmac"]))
+    val_sorted = sorted(val_rows, key=lambda r: (-r["top1_loc"], -r["pointing"], r["cost_gmac"]))
     res = {
         "command": " ".join(["python", "benchmarks/" + Path(__file__).name, *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -267,7 +267,8 @@ def explain(
     model: Annotated[str, typer.Option(
         "--model", "-m", help="A model file from `fcn-cam convert`, or an architecture name.")],
     scale: Annotated[list[float] | None, typer.Option(
-        help="Shorter side = scale × input size; repeat to fuse several scales.")] = None,
+        help="Shorter side = scale × input size; repeat to fuse several scales "
+        f"(default: {' and '.join(f'{v:g}' for v in DEFAULT_SCALE)}, fused).")] = None,
     class_: Annotated[str | None, typer.Option(
         "--class", help="Target class index or name (default: the best class).")] = None,
     top_k: Annotated[int, typer.Option(help="Explain the K best classes.", min=1)] = 1,

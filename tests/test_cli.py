@@ -70,10 +70,15 @@ def test_vgg16_main_job(photos, tmp_path):
     r = run("explain", "--model", model, "--scale", "2", "--no-pad", "-o", out, photos["cat"])
     assert r.exit_code == 0, r.output
     rec = json.loads((out / "explanations.jsonl").read_text())
-    assert rec["map_shape"] == [8, 15] and rec["pad"] == [0, 0]  # 448 x 673: 448//32 - 6, 673//32 - 6
+    # cell maps (the default kind) are the feature map: 448 x 673 → 448//32, 673//32
+    assert rec["maps"] == "cells" and rec["map_shape"] == [14, 21] and rec["pad"] == [0, 0]
+    r = run("explain", "--model", model, "--scale", "2", "--maps", "scores", "--no-pad", photos["cat"])
+    assert json.loads(r.stdout.splitlines()[-1])["map_shape"] == [8, 15]  # windows: 448//32 - 6, 673//32 - 6
     r = run("explain", "--model", model, "--scale", "2", photos["cat"])  # padded: cells cover the image
     padded = json.loads(r.stdout.splitlines()[-1])
-    assert padded["pad"] == [112, 112] and padded["map_shape"][0] > 8
+    # default pad "features": 3 feature cells each side (4 on the right: 673 = 21·32 + 1),
+    # recorded as the input padding it equals
+    assert padded["pad"] == [96, 96] and padded["map_shape"] == [20, 28]
     assert rec["class_name"] == fcn_cam.load(model).class_names[rec["class_index"]]
 
 
@@ -102,7 +107,8 @@ def test_directory_input_resume_and_overwrite(small_model_file, photos, tmp_path
     r = run("explain", "-m", small_model_file, "--scale", "3", "-o", out, src)  # another request: new records
     assert r.exit_code == 0
     recs = [json.loads(x) for x in (out / "explanations.jsonl").read_text().splitlines()]
-    assert sorted(r["scale"] for r in recs) == [2] * 5 + [3] * 5
+    scales = [r["scale"] for r in recs]  # the default fuses scales 1 and 2
+    assert scales.count([1.0, 2.0]) == 5 and scales.count(3.0) == 5
     assert {k: v for k, v in before.items() if k != "explanations.jsonl"}.items() <= {
         p.name: p.read_bytes() for p in out.iterdir()}.items()
     r = run("explain", "-m", small_model_file, "--scale", "3", "--overwrite", "-o", out, photos["cat"])

@@ -17,7 +17,7 @@ def fcn():
 
 
 def test_ranking_is_spatial_mean_and_target_by_name(fcn, photos):
-    exp = fcn_cam.explain(fcn, photos["coffee"], scale=2, top_k=2, rank="mean")
+    exp = fcn_cam.explain(fcn, photos["coffee"], scale=2, top_k=2, rank="mean", pad="none")
     x = fcn_cam.images.to_input(fcn_cam.images.load_image(photos["coffee"]), 2 * NATIVE, fcn.info["mean"],
                                 fcn.info["std"])
     with torch.no_grad():
@@ -25,7 +25,7 @@ def test_ranking_is_spatial_mean_and_target_by_name(fcn, photos):
         means = maps.mean((-2, -1))
     assert [i for i, _, _ in exp.ranking] == means.argsort(descending=True).tolist()
     assert [t.index for t in exp.targets] == [i for i, _, _ in exp.ranking[:2]]
-    auto = fcn_cam.explain(fcn, photos["coffee"], scale=2, top_k=5)  # FC head: strongest window
+    auto = fcn_cam.explain(fcn, photos["coffee"], scale=2, top_k=5, pad="none")  # FC head: strongest window
     assert [i for i, _, _ in auto.ranking] == maps.amax((-2, -1)).argsort(descending=True).tolist()
     assert auto.targets[0].score == pytest.approx(maps.amax((-2, -1)).max().item(), rel=1e-5)
     assert fcn_cam.explain(fcn, photos["coffee"], target="DOG").targets[0].index == 1
@@ -37,7 +37,7 @@ def test_ranking_is_spatial_mean_and_target_by_name(fcn, photos):
 
 def test_array_input_and_heatmap_shape(fcn):
     img = (np.random.default_rng(0).random((90, 130, 3)) * 255).astype(np.uint8)
-    exp = fcn_cam.explain(fcn, img, scale=3, pad=False)
+    exp = fcn_cam.explain(fcn, img, scale=3, pad=False, maps="scores")
     t = exp.targets[0]
     assert t.heatmap.shape == (90, 130) and exp.input_shapes == [(192, 277)] and exp.pads == [(0, 0)]
     assert exp.map_shapes == [fcn.map_size(192, 277)] and t.cams[0].shape == exp.map_shapes[0]

@@ -93,7 +93,8 @@ def test_planted_patch_peak_within_half_stride(size, scale):
     for _ in range(3):
         cx = int(rng.integers(np.ceil(x_lo) + 1, np.floor(x_hi) + 1))
         cy = int(rng.integers(np.ceil(y_lo) + 1, np.floor(y_hi) + 1))
-        exp = explain(fcn, red_patch_image(width, height, cx, cy), scale=scale, target="red", pad=False)
+        img = red_patch_image(width, height, cx, cy)
+        exp = explain(fcn, img, scale=scale, target="red", pad=False, maps="scores")
         # the patch's centre in pixel-centre coordinates (pixels cx-6 .. cx+5)
         px, py = cx - 0.5, cy - 0.5
         stride_img = fcn.geometry.x.stride * min(width, height) / (scale * NATIVE)
@@ -107,7 +108,7 @@ def test_planted_patch_peak_within_half_stride(size, scale):
 def test_naive_stretch_misplaces_the_planted_patch():
     fcn = convert_planted()
     img = red_patch_image(160, 160, 48, 112)
-    exp = explain(fcn, img, scale=3.0, target="red", pad=False)
+    exp = explain(fcn, img, scale=3.0, target="red", pad=False, maps="scores")
     raw = torch.from_numpy(exp.targets[0].cams[0])
     naive = stretch(raw, (160, 160)).numpy()
     ny, nx = np.unravel_index(naive.argmax(), naive.shape)
@@ -126,10 +127,10 @@ def test_planted_patch_near_border_found_with_padding(size, scale):
     cx, cy = 10, height - 10
     img = red_patch_image(width, height, cx, cy)
     stride_img = fcn.geometry.x.stride * min(width, height) / (scale * NATIVE)
-    t = explain(fcn, img, scale=scale, target="red").targets[0]
+    t = explain(fcn, img, scale=scale, target="red", maps="scores").targets[0]
     assert abs(t.peak[0] - (cx - 0.5)) <= stride_img / 2 + 0.5
     assert abs(t.peak[1] - (cy - 0.5)) <= stride_img / 2 + 0.5
-    unpadded = explain(fcn, img, scale=scale, target="red", pad=False).targets[0]
+    unpadded = explain(fcn, img, scale=scale, target="red", pad=False, maps="scores").targets[0]
     assert np.hypot(unpadded.peak[0] - cx, unpadded.peak[1] - cy) > stride_img
 
 

@@ -19,6 +19,7 @@ ROW_KEYS = [
     ("top1", "top-1 (ranking)"),
 ]
 VAL_KEYS = [
+    ("top1_loc", "top-1 loc"),
     ("box_acc", "box acc"),
     ("box_fraction", "fraction"),
     ("pointing", "pointing"),
@@ -144,7 +145,7 @@ def markdown(r: dict) -> str:
         f"Typical default box on the test scenes: median area {r['default_box']['median_area']:.3f} of the "
         f"image, whole-image boxes {r['default_box']['whole']:.3f}.",
         "",
-        "Best validation configurations (top 12 by box accuracy):",
+        "Best validation configurations (top 12 by top-1 localization):",
         "",
         config_table(r["val_top"]),
         "",

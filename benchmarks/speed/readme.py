@@ -26,6 +26,10 @@ def table(res: dict) -> str:
                "pad='none' | explain, cell maps |\n|---|---|---|---|---|\n"
         out += "\n".join(f"| {d['side']} | {d['grad_cam_ms']:.0f} ms | {d['scores_ms']:.0f} ms | "
                          f"{d['scores_nopad_ms']:.0f} ms | {d['cells_ms']:.0f} ms |" for d in g)
+        if "defaults_ms" in g[0]:
+            out += ("\n\n`fcn_cam.explain` with every default (cell maps, scales 1 and 2 fused, `features` "
+                    f"padding) on the same 224-px image: {g[0]['defaults_ms']:.0f} ms, "
+                    f"{g[0]['defaults_ms'] / g[0]['grad_cam_ms']:.2f}× Grad-CAM at 224 px.")
     return out
 
 

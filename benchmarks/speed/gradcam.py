@@ -63,8 +63,9 @@ def run(b: Bench) -> None:
             fns = {
                 "gc": gradcam_fn(b.vgg, ex, img, side, mean, std),
                 "gc_cl": gradcam_fn(vgg_cl, ex_cl, img, side, mean, std, channels_last=True),
-                "scores": lambda s=s: fcn_cam.explain(m, img, scale=s),
-                "scores_nopad": lambda s=s: fcn_cam.explain(m, img, scale=s, pad="none"),
+                "scores": lambda s=s: fcn_cam.explain(m, img, scale=s, maps="scores"),
+                "scores_nopad": lambda s=s: fcn_cam.explain(m, img, scale=s, maps="scores",
+                                                            pad="none"),
                 "cells": lambda s=s: fcn_cam.explain(m, img, scale=s, maps="cells"),
             }
             if side == b.cfg.sides[0]:  # the same work at every side: measured once
@@ -100,7 +101,8 @@ def run(b: Bench) -> None:
         "The 224×224 test image at input side 224 / 448 / 672 (fcn-cam: `scale` = side / 224; Grad-CAM: "
         f"the image resized to that side). torchcam 0.5 `GradCAM(vgg16, '{TARGET_LAYER}')` on the original "
         "torchvision model: preprocessing, forward with autograd, one backward to the target layer, map "
-        "upsampled to the image — for the top class. `fcn_cam.explain(prepare(fcn, 'fp32'), image, scale=s)`: "
+        "upsampled to the image — for the top class. "
+        "`fcn_cam.explain(prepare(fcn, 'fp32'), image, scale=s, maps=…)`: "
         "preprocessing, padding, forward, ranking, aligned heatmap, peak and box. ms, medians of interleaved "
         "runs; × = time / Grad-CAM (contiguous, as torchvision ships it).",
         "",

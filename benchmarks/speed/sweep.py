@@ -20,8 +20,8 @@ def run(b: Bench) -> None:
         fns = {}
         for k in (1, n):
             fns[f"gc{k}"] = gradcam_fn(b.vgg, ex, img, 448, mean, std, n_classes=k)
-            fns[f"scores{k}"] = lambda k=k: fcn_cam.explain(m, img, scale=2, top_k=k)
-            fns[f"nopad{k}"] = lambda k=k: fcn_cam.explain(m, img, scale=2, top_k=k, pad="none")
+            fns[f"scores{k}"] = lambda k=k: fcn_cam.explain(m, img, scale=2, top_k=k, maps="scores")
+            fns[f"nopad{k}"] = lambda k=k: fcn_cam.explain(m, img, scale=2, top_k=k, maps="scores", pad="none")
             fns[f"cells{k}"] = lambda k=k: fcn_cam.explain(m, img, scale=2, top_k=k, maps="cells")
         t = interleaved(fns, b.cfg.repeats_large)
     tot = {k: ms(v) for k, v in t.items()}
@@ -42,7 +42,8 @@ def run(b: Bench) -> None:
              f"{per['cells']:.1f} vs {per['gc']:.1f} ms/class")
     b.md += [
         f"chelsea 451×300 at short side 448 (fcn-cam `scale=2`, defaults otherwise), the top {n} classes: "
-        f"`explain(fcn, img, scale=2, top_k={n})` (one forward, then per class aligned heatmap, peak and "
+        f"`explain(fcn, img, scale=2, top_k={n}, maps='scores')` (one forward, then per class aligned "
+        "heatmap, peak and "
         f"box), the same with `maps='cells'`, and torchcam Grad-CAM (one forward with autograd, then per "
         "class a backward to features.29 with `retain_graph` and an upsample to the image). fp32, ms, "
         "medians of interleaved runs; *marginal* = (total for N − total for 1) / (N − 1).",

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from fcn_cam import distributed
 from fcn_cam.cli import app
+from fcn_cam.explain import DEFAULT_SCALE
 
 pytestmark = pytest.mark.slow  # starts Ray and its workers: ~30-60 s on 2 cores
 runner = CliRunner()
@@ -76,7 +77,8 @@ def test_cli_ray_equals_local_cli(local_ray, dataset, small_model_file, tmp_path
     assert {r["image"]: r for r in printed} == got
     names = {p.name for p in (tmp_path / "local").iterdir()}
     assert names == {p.name for p in (tmp_path / "ray").iterdir()}
-    assert len(names) == 1 + 2 * 2 * len(good)  # JSONL + overlay and map for 2 classes per image
+    # JSONL + per image, for 2 classes: an overlay and one map per default scale
+    assert len(names) == 1 + 2 * (1 + len(DEFAULT_SCALE)) * len(good)
     for name in sorted(names - {"explanations.jsonl"}):
         a, b = tmp_path / "local" / name, tmp_path / "ray" / name
         if name.endswith(".npy"):

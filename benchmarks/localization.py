@@ -157,8 +157,9 @@ def main() -> None:
     # 2. test rows
     kind_cfg = {k: selection.config_of(best_kind[k]) for k in KINDS}
     test_raws = {}
-    for c in (default, same_other, *kind_cfg.values()):
-        test_raws.update(selection.forwards(b.fcn, b.test, SINGLE, [c.pad], [c.kind]))
+    for key in sorted({k for c in (default, same_other, *kind_cfg.values())
+                       for k in fcnmaps.input_keys(SINGLE, [c.pad], [c.kind])}):  # each input once
+        test_raws[key] = fcnmaps.forward(b.fcn, b.test.images, b.test.labels[:, None], *key)
     log("test forwards done")
     cfgs: list[Config] = []
     for k in KINDS:

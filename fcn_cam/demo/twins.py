@@ -215,8 +215,7 @@ def crop_windows(
     h = np.full(n, size, dtype=np.int64)
     todo = np.ones(n, dtype=bool)
     for _ in range(attempts):
-        u = rng.uniform(*np.log(area), n) if log_area else rng.uniform(*area, n)
-        a = (np.exp(u) if log_area else u) * size**2
+        a = (np.exp(rng.uniform(*np.log(area), n)) if log_area else rng.uniform(*area, n)) * size**2
         r = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]), n))
         cw, ch = np.round(np.sqrt(a * r)).astype(np.int64), np.round(np.sqrt(a / r)).astype(np.int64)
         ok = todo & (cw <= size) & (ch <= size) & (cw >= bw) & (ch >= bh)

@@ -318,7 +318,7 @@ def explain(
     """Explain images: one forward pass per image and scale gives every class's map.
 
     Prints one JSON line per image written; with -o also writes `<stem>.<key>_cam.png`
-    (overlay at the image's size), `<stem>.<key>_cam.npy` (raw score map) and a line in
+    (overlay at the image's size), `<stem>.<key>_cam.npy` (raw map, one per scale) and a line in
     `explanations.jsonl`; images already done there are skipped before decoding (run the same
     command again to resume). A file that fails is reported and the rest go on; the exit
     code is then 1.

@@ -280,7 +280,10 @@ def fuse(maps: Sequence[torch.Tensor], geoms: Sequence[Geometry], shapes: Sequen
     summed in place: one image-sized array however many scales."""
     heat = align(maps[0], geoms[0], shapes[0], image_hw)
     for m, g, sh in zip(maps[1:], geoms[1:], shapes[1:]):
-        heat += align(m, g, sh, image_hw)
+        if m.dim() == 2:
+            align(m, g, sh, image_hw, add_to=heat)
+        else:
+            heat += align(m, g, sh, image_hw)
     return heat.div_(len(maps))
 
 

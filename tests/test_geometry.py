@@ -70,6 +70,16 @@ def test_align_constant_beyond_outer_centres():
     assert heat.min() >= 0 and heat.max() <= 3
 
 
+def test_align_add_to_accumulates_in_place():
+    g = Geometry.from_dict({"y": {"stride": 32, "offset": 111.5, "window": 404},
+                            "x": {"stride": 32, "offset": 15.5, "window": 32}})
+    m = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))
+    base = torch.randn(300, 200, generator=torch.Generator().manual_seed(1))
+    out = base.clone()
+    assert align(m, g, (250, 160), (300, 200), add_to=out) is out
+    torch.testing.assert_close(out, base + align(m, g, (250, 160), (300, 200)))
+
+
 def red_patch_image(width: int, height: int, cx: int, cy: int, side: int = 12) -> Image.Image:
     rng = np.random.default_rng(cx * 1000 + cy)
     img = (rng.random((height, width, 3)) * 0.4 * 255).astype(np.uint8)  # dull noise, never red

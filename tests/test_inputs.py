@@ -59,6 +59,18 @@ def test_pil_and_path_decode_the_same(fcn, photos, tmp_path):
         np.testing.assert_array_equal(by_pil.targets[0].cams[0], by_path.targets[0].cams[0])
 
 
+def test_upright_rgb_is_not_copied_and_callers_images_are_untouched(tmp_path, photos):
+    """A 24-MP photo is 96 MB in PIL: an upright RGB image passes through as it is."""
+    img = load_image(photos["cat"])
+    assert as_image(img)[0] is img
+    rotated = Image.open(photos["rotated"])  # EXIF orientation 6
+    before = (rotated.size, rotated.getexif().get(0x0112))
+    upright = as_image(rotated)[0]
+    assert upright.size == before[0][::-1] and (rotated.size, rotated.getexif().get(0x0112)) == before
+    gray = Image.fromarray(np.zeros((4, 6), np.uint8))
+    assert as_image(gray)[0].mode == "RGB" and gray.mode == "L"
+
+
 def test_arrays_and_tensors_follow_one_rule(fcn, photos):
     rgb = np.asarray(load_image(photos["cat"]))[::4, ::4].copy()
     ref = fcn_cam.explain(fcn, rgb, scale=1).targets[0].cams[0]

@@ -33,6 +33,21 @@ def test_threshold_box_picks_largest_component_not_the_peak():
     assert M.threshold_box(m, 0.6) == (30, 2, 32, 4)
 
 
+def test_threshold_box_counts_components_across_row_blocks():
+    """Wide maps are counted in blocks of rows (memory): same box as counting at once."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    m = ndimage.gaussian_filter(rng.random((64, 20000)), 3)  # blocks of 52 rows: two blocks
+    for fraction in (0.3, 0.5, 0.7):
+        mask = m >= m.min() + fraction * (m.max() - m.min() + 1e-8)
+        labels, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+        biggest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
+        ys, xs = ndimage.find_objects(labels)[biggest - 1]
+        assert M.threshold_box(m, fraction) == (xs.start, ys.start, xs.stop, ys.stop)
+        assert ys.stop - ys.start > 1  # a real component, not one pixel
+
+
 def test_threshold_box_constant_map_is_whole_image():
     assert M.threshold_box(np.ones((5, 7)), 0.2) == (0, 0, 7, 5)
 

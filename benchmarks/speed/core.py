@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from PIL import Image
 
 import fcn_cam
@@ -76,6 +75,8 @@ class Bench:
     def vgg(self) -> torch.nn.Module:
         """torchvision VGG16, random weights (seed 0), eval mode: the original model."""
         if "vgg" not in self._cache:
+            import torchvision  # here, not at import: the memory workers' RSS must not include it
+
             torch.manual_seed(0)
             self._cache["vgg"] = torchvision.models.vgg16(weights=None).eval()
         return self._cache["vgg"]

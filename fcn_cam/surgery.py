@@ -299,9 +299,22 @@ def _conv(
     conv = nn.Conv2d(channels, w.shape[0], kernel, device="meta", dtype=dtype)  # no random init
     sizes = {"c": channels, "h": kernel[0], "w": kernel[1]}
     weight = w.view(w.shape[0], *(sizes[d] for d in order)).permute(0, *(1 + order.index(d) for d in "chw"))
-    conv.weight = nn.Parameter(weight.to(dtype, copy=True).contiguous())
-    conv.bias = nn.Parameter(b.to(device=w.device, dtype=dtype, copy=True))
+    # no copy where the values are the Linear's own: the conv shares its storage (chw order)
+    conv.weight = nn.Parameter(weight.to(dtype).contiguous())
+    conv.bias = nn.Parameter(b.to(device=w.device, dtype=dtype))
     return conv
+
+
+def shared_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose parameters and buffers share storage with the original's.
+
+    The modules are new (surgery may change their strides and dilations) and so are the
+    Parameter objects (``prepare``'s dtype and memory-format changes rebind only the
+    copy's), but no weight is duplicated: VGG16's 528 MB are not held twice.
+    """
+    memo = {id(p): nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in module.parameters()}
+    memo.update({id(b): b for b in module.buffers()})
+    return copy.deepcopy(module, memo)
 
 
 def _feature_shape(body: nn.Module, size: tuple[int, int], like: torch.Tensor) -> tuple[int, ...]:
@@ -497,7 +510,10 @@ def convert(
         model: a VGG/AlexNet-like net (``features``, optional adaptive pool,
             ``classifier``), a ResNet, an ``nn.Sequential`` with an ``nn.Flatten`` (optionally
             after a ``torchvision.ops.Permute``), timm's VGG, or any net that torch.fx can
-            trace to ``convolutional chain → [permute] → flatten → head``. It is not modified.
+            trace to ``convolutional chain → [permute] → flatten → head``. It is not modified;
+            the converted net shares its weights' storage wherever the values are the same
+            (no second copy of VGG16's 528 MB), so an in-place change to one model's weights
+            shows in the other (``copy.deepcopy`` the result to separate them).
         input_size: the model's native input size (where its adaptive pool, if any, is
             the identity).
         flatten_order: the order, outermost first, in which the model flattens its
@@ -569,7 +585,7 @@ def convert(
     if conv_head:
         s.body = nn.Sequential(s.body, *conv_head)
     head, kind = _build_head(s, size, ref, order)
-    features = copy.deepcopy(s.body)
+    features = shared_copy(s.body)
     if conv_head:  # the head's convolutions go back to the head, after the features
         moved = list(features.children())[1:]
         features = features[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -113,6 +114,24 @@ def test_original_model_untouched():
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
+
+
+def test_converted_net_shares_weights_and_preparing_it_leaves_the_original_alone():
+    """No second copy of the weights; ``prepare`` (dtype, channels-last) rebinds only the copy's."""
+    model = torchvision.models.vgg16(weights=None).eval()
+    fcn = convert(model)
+    ptr = lambda t: t.untyped_storage().data_ptr()  # noqa: E731
+    assert ptr(fcn.head[0].weight) == ptr(model.classifier[0].weight)
+    assert ptr(fcn.features[0].weight) == ptr(model.features[0].weight)
+    assert fcn.features[0] is not model.features[0] and fcn.features[0].weight is not model.features[0].weight
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.warns(UserWarning) if not fcn_cam.runtime.native_bf16(torch.device("cpu")) else nullcontext():
+        fcn_cam.prepare(fcn, precision="bf16", device="cpu", copy=False)
+    assert fcn.head[0].weight.dtype == torch.bfloat16
+    assert fcn.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    after = model.state_dict()
+    assert all(v.dtype == torch.float32 and v.is_contiguous() for v in after.values())
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 def test_unsupported_architecture_message():
     class Odd(nn.Module):

@@ -44,11 +44,9 @@ def _weight_matrix(conv: nn.Conv2d) -> torch.Tensor:
     return conv.weight.reshape(conv.out_channels, -1)
 
 
-def run_head_gemm(head: nn.Sequential, features: torch.Tensor) -> torch.Tensor:
-    """``[B, C, H, W]`` features → ``[B, K, h, w]`` score maps, the head run as GEMMs.
-
-    Equal to ``head(features)`` up to floating-point summation order.
-    """
+def first_layer(head: nn.Sequential, features: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """The k×k layer as one GEMM: ``[B, C, H, W]`` features → ``[B·h·w, O]`` window rows
+    (row ``b·h·w + i·w + j`` is window ``(i, j)`` of image ``b``) and ``(B, h, w)``."""
     first = head[0]
     b, _, height, width = features.shape
     (kh, kw), (dh, dw) = _pair(first.kernel_size), _pair(first.dilation)
@@ -64,9 +62,74 @@ def run_head_gemm(head: nn.Sequential, features: torch.Tensor) -> torch.Tensor:
         x = features.reshape(b, -1)  # the native size: exactly nn.Flatten
     else:
         x = F.unfold(features, (kh, kw), dilation=(dh, dw)).transpose(1, 2).reshape(b * h * w, -1)
-    for layer in head:
+    return F.linear(x, _weight_matrix(first), first.bias), (b, h, w)
+
+
+def rest_of_head(head: nn.Sequential, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """The layers after the first, on ``[B·h·w, O]`` window rows → ``[B, K, h, w]`` maps."""
+    for layer in list(head)[1:]:
         x = F.linear(x, _weight_matrix(layer), layer.bias) if isinstance(layer, nn.Conv2d) else layer(x)
+    b, h, w = grid
     return x.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+def run_head_gemm(head: nn.Sequential, features: torch.Tensor) -> torch.Tensor:
+    """``[B, C, H, W]`` features → ``[B, K, h, w]`` score maps, the head run as GEMMs.
+
+    Equal to ``head(features)`` up to floating-point summation order.
+    """
+    return rest_of_head(head, *first_layer(head, features))
+
+
+def first_layer_cells(
+    conv: nn.Conv2d, grads: torch.Tensor, features: torch.Tensor, pad: tuple[int, int, int, int] | None = None,
+    method: str = "auto",
+) -> torch.Tensor:
+    """Cell maps from the gradients at the first layer's output::
+
+        A_t(p) = Σ_w ⟨W₁ᵀ g_t(w), F(p)⟩_{p's place in w} = Σ_q ⟨g_t(p − q), W₁,q F(p)⟩
+
+    for the window rows' gradients ``grads`` ``[T, B·h·w, O]`` and the (padded)
+    ``features`` ``[B, C, H, W]``; ``pad`` cells of them are zeros (``pad="features"``) and
+    get no work. Returns ``[T, B, H, W]`` float32 (0 on padded cells).
+
+    Two orders of the same sum: ``dgrad`` pushes each class's gradient back through
+    ``W₁`` (T·windows products with the 25088×4096 weight for VGG16); ``cells`` computes
+    ``P(p, q) = W₁,q F(p)`` once for every real cell and offset (cells products, shared by
+    all classes), then one dot product per class, pair and channel. ``auto`` takes the
+    one with fewer multiply-adds: ``dgrad`` for one class, ``cells`` for many.
+    """
+    t, rows, o = grads.shape
+    b, c, height, width = features.shape
+    (kh, kw), (dh, dw) = _pair(conv.kernel_size), _pair(conv.dilation)
+    h, w = height - dh * (kh - 1), width - dw * (kw - 1)
+    top, bottom, left, right = pad or (0, 0, 0, 0)
+    hr, wr = height - top - bottom, width - left - right
+    if method == "auto":
+        method = "dgrad" if t * h * w <= hr * wr else "cells"
+    if method == "dgrad":
+        g = grads.reshape(t * b, h * w, o) @ _weight_matrix(conv)  # [T·B, L, C·k·k]
+        g = F.fold(g.transpose(1, 2), (height, width), (kh, kw), dilation=(dh, dw))
+        return (g.view(t, b, c, height, width) * features[None]).sum(2, dtype=torch.float32)
+    real = features[:, :, top:top + hr, left:left + wr].permute(0, 2, 3, 1).reshape(-1, c)
+    g = grads.view(t, b, h, w, o)
+    out = features.new_zeros(t, b, height, width, dtype=torch.float32)
+    # P, and the products summed per offset, in blocks of channels: ≤ 2²⁴ values (64 MB fp32) each
+    block = max(1, 2**24 // (real.shape[0] * max(kh * kw, t)))
+    for o0 in range(0, o, block):
+        wb = conv.weight[o0:o0 + block]
+        p = (real @ wb.permute(1, 2, 3, 0).reshape(c, -1)).view(b, hr, wr, kh, kw, -1)
+        for qy in range(kh):
+            r0, r1 = max(0, qy * dh - top), min(hr, h + qy * dh - top)  # cells whose window exists
+            for qx in range(kw):
+                c0, c1 = max(0, qx * dw - left), min(wr, w + qx * dw - left)
+                if r0 >= r1 or c0 >= c1:
+                    continue
+                gq = g[:, :, r0 + top - qy * dh:r1 + top - qy * dh, c0 + left - qx * dw:c1 + left - qx * dw,
+                       o0:o0 + block]
+                out[:, :, top + r0:top + r1, left + c0:left + c1] += (
+                    (gq * p[None, :, r0:r1, c0:c1, qy, qx]).sum(-1, dtype=torch.float32))
+    return out
 
 
 def run_head(head: nn.Sequential, features: torch.Tensor, mode: str = "gemm") -> torch.Tensor:

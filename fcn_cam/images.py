@@ -157,14 +157,25 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            im = Image.open(path)
+            keep = False
+            try:
                 w, h = im.size
                 if w * h > max_pixels:
                     raise ImageError(
                         f"{path}: declared size {w}×{h} ({w * h:,} pixels) exceeds the limit of "
                         f"{max_pixels:,} pixels"
                     )
-                return _checked(to_rgb(im), max_pixels)
+                out = _checked(to_rgb(im), max_pixels)
+                if out is im and getattr(im, "n_frames", 1) > 1:
+                    out = im.copy()  # the file stays open for the other frames: let it go
+                # closing an image also drops its pixels: the file's own image (single frame,
+                # loaded, its file already closed by PIL) is returned unclosed
+                keep = out is im
+                return out
+            finally:
+                if not keep:
+                    im.close()
     except ImageError as e:
         raise ImageError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
     except Image.UnidentifiedImageError:

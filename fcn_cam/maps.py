@@ -13,6 +13,9 @@ windows::
 
 so ``Σ_p A_c(p) = Σ_w (S_c(w) - β_c(w))``. One backward pass through the **head only**,
 batched over the explained classes (the gates are shared); the body runs without a graph.
+With the head run as GEMMs the backward pass stops at the first layer's output ``g_t(w)``
+and the first layer is contracted in whichever order is cheaper,
+``A_t(p) = Σ_q ⟨g_t(p − q), W₁,q F(p)⟩``: many classes share the products ``W₁,q F(p)``.
 For a GAP head this is CAM without its bias; for an FC head at the native size it is
 gradient × activation of the original model at its flatten input (HiResCAM, Draelos &
 Carin 2020). Exact for ReLU / LeakyReLU / PReLU / identity gates; a first-order
@@ -25,7 +28,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from torch import nn
 
+from .head import first_layer, first_layer_cells, gemm_compatible, rest_of_head
 from .runtime import input_like
 from .surgery import FCN
 
@@ -35,8 +40,11 @@ MAP_KINDS = ("scores", "cells")
 class Forward(NamedTuple):
     """One forward pass: the body's features and the head's score maps."""
 
-    features: torch.Tensor  # [B, C, fh, fw]; requires grad when cells are wanted
+    features: torch.Tensor  # [B, C, fh, fw], feature-padded
     scores: torch.Tensor  # [B, K, h, w]; attached to the head's graph when cells are wanted
+    first: torch.Tensor | None = None  # [B·h·w, O] first head layer's output: the graph's leaf
+    pad: tuple[int, int, int, int] | None = None  # feature padding in cells
+    conv: nn.Conv2d | None = None  # the head's first layer, when ``first`` is set
 
 
 Padding = tuple[int, int, int, int]  # (top, bottom, left, right)
@@ -65,19 +73,30 @@ def forward(fcn: FCN, batch: torch.Tensor, *, cells: bool = False, pad: Padding 
             return Forward(f, fcn.run_head(f))
     with torch.no_grad():
         f = pad_features(fcn.features(x), pad)
-    f = f.detach().requires_grad_(True)
+        split = fcn.head_mode == "gemm" and gemm_compatible(fcn.head)
+        if split:  # the first layer's products are redone from P, per cell: no graph through it
+            first, grid = first_layer(fcn.head, f)
     with torch.enable_grad():
+        if split:
+            first = first.detach().requires_grad_(True)
+            # a copy to run on: the head's activations may work in place (VGG's ReLU)
+            return Forward(f, rest_of_head(fcn.head, first.clone(), grid), first, pad, fcn.head[0])
+        f = f.detach().requires_grad_(True)
         return Forward(f, fcn.run_head(f))
 
 
-def cell_maps_of(fw: Forward, classes: torch.Tensor) -> torch.Tensor:
+def cell_maps_of(fw: Forward, classes: torch.Tensor, method: str = "auto") -> torch.Tensor:
     """Cell maps ``[B, T, fh, fw]`` for ``classes`` ``[B, T]`` (class indices per image).
 
     One vector–Jacobian product per class slot ``t``, batched: the grad output is the
-    one-hot ``[T, B, K, h, w]`` selecting class ``classes[b, t]`` in every window.
+    one-hot ``[T, B, K, h, w]`` selecting class ``classes[b, t]`` in every window. With the
+    head run as GEMMs the product stops at the first layer's output and
+    :func:`fcn_cam.head.first_layer_cells` finishes it (``method``): for many classes the
+    first layer's products are shared instead of redone per class.
     """
     f, s = fw.features, fw.scores
-    if not f.requires_grad or s.grad_fn is None:
+    leaf = fw.first if fw.first is not None else f
+    if not leaf.requires_grad or s.grad_fn is None:
         raise ValueError("cell maps need a forward pass with cells=True")
     classes = classes.to(s.device)
     b, t = classes.shape
@@ -85,11 +104,15 @@ def cell_maps_of(fw: Forward, classes: torch.Tensor) -> torch.Tensor:
     onehot[torch.arange(t)[:, None], torch.arange(b)[None, :], classes.T] = 1
     with torch.enable_grad():
         if t == 1:
-            (grad,) = torch.autograd.grad(s, f, onehot[0], retain_graph=True)
+            (grad,) = torch.autograd.grad(s, leaf, onehot[0], retain_graph=True)
             grad = grad[None]
         else:
-            (grad,) = torch.autograd.grad(s, f, onehot, retain_graph=True, is_grads_batched=True)
-    cells = (grad * f.detach()[None]).sum(2, dtype=torch.float32)  # [T, B, fh, fw]
+            (grad,) = torch.autograd.grad(s, leaf, onehot, retain_graph=True, is_grads_batched=True)
+    if fw.first is not None:
+        with torch.no_grad():  # the weights require grad; these products need none
+            cells = first_layer_cells(fw.conv, grad, f, fw.pad, method)
+    else:
+        cells = (grad * f.detach()[None]).sum(2, dtype=torch.float32)  # [T, B, fh, fw]
     return cells.transpose(0, 1)
 
 

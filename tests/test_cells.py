@@ -116,6 +116,27 @@ def test_gemm_head_equals_conv_head_for_scores_and_cells():
     torch.testing.assert_close(c1, c2, rtol=1e-4, atol=1e-5)
 
 
+
+@pytest.mark.parametrize("method", ["dgrad", "cells"])
+@pytest.mark.parametrize("stride,pad", [(None, (3, 2, 1, 4)), (8, (2, 2, 2, 2)), (None, None)])
+def test_both_orders_of_the_first_layer_equal_the_full_backward(method, stride, pad):
+    """``A_t(p) = Σ_q ⟨g_t(p − q), W₁,q F(p)⟩`` in either order equals autograd through the
+    whole head (conv mode), with padded features, dilation, a batch and 1 or 3 classes."""
+    from fcn_cam.maps import cell_maps_of
+
+    fcn = fcn_cam.convert(prelu_vgg(), NATIVE, output_stride=stride)
+    x = batch(2, 90, 110, seed=6)
+    for classes in (torch.tensor([[2], [0]]), torch.tensor([[3, 0, 4], [1, 4, 2]])):
+        fcn.head_mode = "conv"
+        want = cell_maps_of(forward(fcn, x, cells=True, pad=pad), classes)
+        fcn.head_mode = "gemm"
+        fw = forward(fcn, x, cells=True, pad=pad)
+        assert fw.first is not None  # the split path
+        got = cell_maps_of(fw, classes, method=method)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        if pad:
+            assert got[..., :pad[0], :].abs().max() == 0 and got[..., :, -pad[3]:].abs().max() == 0
+
 def test_cells_in_bf16_follow_fp32():
     fcn = fcn_cam.convert(small_vgg(), NATIVE)
     x = batch(1, 2 * NATIVE, 2 * NATIVE, seed=5)

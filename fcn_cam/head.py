@@ -108,14 +108,16 @@ def first_layer_cells(
     if method == "auto":
         method = "dgrad" if t * h * w <= hr * wr else "cells"
     if method == "dgrad":
-        g = grads.reshape(t * b, h * w, o) @ _weight_matrix(conv)  # [T·B, L, C·k·k]
+        # a 2-D product: torch.matmul would broadcast (copy) the 411 MB weight for a 3-D operand
+        g = (grads.reshape(t * b * h * w, o) @ _weight_matrix(conv)).view(t * b, h * w, -1)  # [T·B, L, C·k·k]
         g = F.fold(g.transpose(1, 2), (height, width), (kh, kw), dilation=(dh, dw))
         return (g.view(t, b, c, height, width) * features[None]).sum(2, dtype=torch.float32)
     real = features[:, :, top:top + hr, left:left + wr].permute(0, 2, 3, 1).reshape(-1, c)
     g = grads.view(t, b, h, w, o)
     out = features.new_zeros(t, b, height, width, dtype=torch.float32)
-    # P, and the products summed per offset, in blocks of channels: ≤ 2²⁴ values (64 MB fp32) each
-    block = max(1, 2**24 // (real.shape[0] * max(kh * kw, t)))
+    # P, the weight's permuted block and the products summed per offset, in blocks of output
+    # channels: each ≤ 2²⁴ values (64 MB fp32)
+    block = max(1, 2**24 // max(real.shape[0] * kh * kw, real.shape[0] * t, c * kh * kw))
     for o0 in range(0, o, block):
         wb = conv.weight[o0:o0 + block]
         p = (real @ wb.permute(1, 2, 3, 0).reshape(c, -1)).view(b, hr, wr, kh, kw, -1)

@@ -29,7 +29,7 @@ from loc.fcnmaps import KINDS, Config, config_maps, pick
 from fcn_cam.demo import Scenes, pair_scenes, scenes
 from fcn_cam.demo.showcase import comparison_figure, converted_twins
 from fcn_cam.demo.twins import WEIGHTS_PATH, twins
-from fcn_cam.explain import PADS
+from fcn_cam.explanation import PADS
 from fcn_cam.metrics import threshold_box
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -16,7 +16,7 @@ import typer
 from PIL import Image
 
 from . import distributed, zoo
-from .explain import (
+from .explanation import (
     DEFAULT_CLAMP,
     DEFAULT_MAPS,
     DEFAULT_PAD,

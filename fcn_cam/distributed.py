@@ -3,7 +3,7 @@
 A leaf over :func:`fcn_cam.explain_files` and :class:`fcn_cam.outputs.OutputDir`, not a second
 copy of them. Ray tasks read and decode the images; a pool of actors, each holding one copy
 of the model, runs :func:`~fcn_cam.explain_files` on the decoded pixels (same batching, same
-:func:`~fcn_cam.explain.summarize`) and writes through ``OutputDir.write`` exactly as
+:func:`~fcn_cam.explanation.summarize_one`) and writes through ``OutputDir.write`` exactly as
 ``fcn-cam explain -o`` does, so records, ``.npy`` maps and overlays are the local CLI's.
 Records come back in completion order, not input order.
 
@@ -26,15 +26,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .explain import Result, explain_files, prefetch
-from .images import ImageError, find_images, load_image
+from .explanation import Result, explain_files, prefetch
+from .images import ImageError, decode_batch, find_images
 from .modelfile import load
 from .outputs import OutputDir, record_of
 from .runtime import prepare
 from .surgery import FCN
 
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
-_NO_IMAGE = np.zeros((0, 0, 3), np.uint8)  # the pixels of a file that failed to decode
 
 
 def require_ray():
@@ -75,19 +74,6 @@ def image_paths(inputs: str | os.PathLike | Iterable[str | os.PathLike],
         else:
             out += find_images([p], exclude=exclude)
     return out
-
-
-def _decode(batch: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Ray task: read and decode a batch of files; a file that fails carries its error."""
-    images, errors = [], []
-    for name, path in zip(batch["path"], batch["read"]):
-        try:
-            images.append(np.asarray(load_image(path)))
-            errors.append("")
-        except Exception as e:  # any failure is this file's record, never the run's end
-            images.append(_NO_IMAGE)
-            errors.append(str(e) if isinstance(e, ImageError) else f"{name}: {type(e).__name__}: {e}")
-    return {"path": batch["path"], "image": images, "error": np.array(errors, dtype=object)}
 
 
 class Explainer:
@@ -289,7 +275,7 @@ def _stream(ray, model, paths, root, actors, num_cpus, num_gpus, decode_cpus, ru
     # As many decoding tasks at a time as actors: with no CPUs reserved Ray would start one per
     # block at once, each in its own process, and starve the actors (measured: first record
     # after 221 s instead of ~70 s for 96 images).
-    ds = ds.map_batches(_decode, batch_size=batch_size, num_cpus=decode_cpus, concurrency=actors)
+    ds = ds.map_batches(decode_batch, batch_size=batch_size, num_cpus=decode_cpus, concurrency=actors)
     ds = ds.map_batches(
         Explainer, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=num_cpus, num_gpus=num_gpus,

@@ -19,21 +19,24 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 # PIL's own decompression-bomb threshold; a declared size beyond it is refused up front.
 MAX_PIXELS = 89_478_485
 BACKGROUND = (255, 255, 255)  # what transparent pixels become, for every kind of input
 
-ImageLike = Image.Image | np.ndarray | torch.Tensor | str | os.PathLike
+ImageLike = "Image.Image | np.ndarray | torch.Tensor | str | os.PathLike"
 
 
 class ImageError(ValueError):
@@ -103,9 +106,16 @@ def _float_to_u8(a: np.ndarray) -> np.ndarray:
     return np.rint(a * 255).astype(np.uint8)
 
 
+def _is_tensor(a: Any) -> bool:
+    """Whether ``a`` is a torch tensor, without importing torch (none exists unless it was)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(a, torch.Tensor)
+
+
 def array_to_image(a: np.ndarray | torch.Tensor) -> Image.Image:
     """An array or tensor as a PIL image, by the module's layout and range rule."""
-    if isinstance(a, torch.Tensor):
+    if _is_tensor(a):
+        torch = sys.modules["torch"]
         t = a.detach().cpu()
         if t.ndim == 4:
             if t.shape[0] != 1:
@@ -202,7 +212,7 @@ def as_image(image: Any) -> tuple[Image.Image, str | None]:
         return load_image(image), str(image)
     if isinstance(image, Image.Image):
         return _checked(to_rgb(image)), None
-    if isinstance(image, np.ndarray | torch.Tensor):
+    if isinstance(image, np.ndarray) or _is_tensor(image):
         return _checked(array_to_image(image)), None
     raise ImageError(f"cannot use a {type(image).__name__} as an image: pass a path, a PIL image, "
                      "a numpy array or a torch.Tensor")
@@ -220,6 +230,8 @@ def to_input(
     image: Image.Image, side: int, mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:
     """Resize the shorter side to ``side`` and normalize: ``[3, H, W]`` float32."""
+    import torch
+
     h, w = input_shape(image.size, side)
     resized = image if (h, w) == (image.height, image.width) else image.resize(
         (w, h), Image.Resampling.BILINEAR
@@ -253,3 +265,25 @@ def find_images(
             yield from sorted(found)
         elif not (skip and _inside(Path(os.path.realpath(p)), skip)):
             yield p
+
+
+#: The pixels of a file that failed to decode (:func:`decode_batch`).
+NO_IMAGE = np.zeros((0, 0, 3), np.uint8)
+
+
+def decode_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    """Read and decode a batch of files: ``{"path", "read"}`` columns (the name to report,
+    the path to open) → ``{"path", "image", "error"}``, an ``[H, W, 3]`` uint8 array or
+    :data:`NO_IMAGE` with the reason per file; a failure is that file's, never the batch's.
+
+    Ray's decoding tasks run this: this module imports no torch, so they start fast.
+    """
+    images, errors = [], []
+    for name, path in zip(batch["path"], batch["read"]):
+        try:
+            images.append(np.asarray(load_image(path)))
+            errors.append("")
+        except Exception as e:  # noqa: BLE001 - any failure is this file's record, never the run's end
+            images.append(NO_IMAGE)
+            errors.append(str(e) if isinstance(e, ImageError) else f"{name}: {type(e).__name__}: {e}")
+    return {"path": batch["path"], "image": images, "error": np.array(errors, dtype=object)}

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .explain import Explanation
+from .explanation import Explanation
 from .files import dumps_strict, stale_temporaries, write_atomic
 from .render import overlay
 

@@ -153,7 +153,7 @@ def test_feature_padding_equals_input_padding_on_a_pooling_body():
     """Padding the features by p cells is padding the input by p × stride zeros, exactly,
     when zeros stay zeros through the body (bias-free, non-overlapping convs + ReLU): the
     same windows, the same cells, the same geometry (``pad`` recorded as p × stride)."""
-    from fcn_cam.explain import network_input
+    from fcn_cam.explanation import network_input
 
     torch.manual_seed(0)
     features = nn.Sequential(nn.Conv2d(3, 8, 2, stride=2, bias=False), nn.ReLU(),

@@ -8,7 +8,7 @@ import torch
 from conftest import NATIVE, small_vgg
 
 import fcn_cam
-from fcn_cam.explain import prefetch
+from fcn_cam.explanation import prefetch
 
 
 @pytest.fixture(scope="module")

@@ -239,3 +239,22 @@ def test_demo_models_from_the_cli(photos, tmp_path):
         r = run("explain", "-m", f, "--scale", "1", photos["cat"])
         assert r.exit_code == 0, r.output
         assert json.loads(r.stdout.splitlines()[-1])["class_name"] in [str(d) for d in range(10)]
+
+
+def test_decoding_needs_no_torch_and_reports_each_file(tmp_path, photos):
+    """Ray's decoding tasks import only ``fcn_cam.images``: no torch (~4 s to import)."""
+    import subprocess
+    import sys
+
+    code = "import sys, fcn_cam.images, fcn_cam; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    assert all(callable(getattr(fcn_cam, n)) for n in fcn_cam.__all__)  # the lazy names resolve
+    from fcn_cam.images import NO_IMAGE, decode_batch
+
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    paths = [str(photos["cat"]), str(tmp_path / "bad.jpg")]
+    got = decode_batch({"path": np.array(["cat", "bad"]), "read": np.array(paths)})
+    assert list(got["path"]) == ["cat", "bad"]
+    assert np.array_equal(got["image"][0], np.asarray(load_image(photos["cat"]))) and got["error"][0] == ""
+    assert got["image"][1] is NO_IMAGE and "not an image" in got["error"][1]

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..explain import Settings, explain, explain_files
+from ..explanation import Settings, explain, explain_files
 from ..files import write_atomic
 from ..gradcam import grad_cam
 from ..outputs import OutputDir

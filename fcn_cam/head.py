@@ -63,7 +63,7 @@ def blocked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 
 def first_layer(head: nn.Sequential, features: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """The k×k layer as one GEMM: ``[B, C, H, W]`` features → ``[B·h·w, O]`` window rows
+    """The k×k layer as a GEMM (:func:`blocked_linear`): ``[B, C, H, W]`` features → ``[B·h·w, O]`` window rows
     (row ``b·h·w + i·w + j`` is window ``(i, j)`` of image ``b``) and ``(B, h, w)``."""
     first = head[0]
     b, _, height, width = features.shape
@@ -119,7 +119,7 @@ def first_layer_cells(
     blocks are copied and its dot products are not GEMMs: for one class with one window more
     than cells it was 1.5× slower on a 2-core EPYC): ``dgrad`` for one or two classes.
     """
-    t, rows, o = grads.shape
+    t, _, o = grads.shape
     b, c, height, width = features.shape
     (kh, kw), (dh, dw) = _pair(conv.kernel_size), _pair(conv.dilation)
     h, w = height - dh * (kh - 1), width - dw * (kw - 1)

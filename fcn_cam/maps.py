@@ -74,7 +74,7 @@ def forward(fcn: FCN, batch: torch.Tensor, *, cells: bool = False, pad: Padding 
     with torch.no_grad():
         f = pad_features(fcn.features(x), pad)
         split = fcn.head_mode == "gemm" and gemm_compatible(fcn.head)
-        if split:  # the first layer's products are redone from P, per cell: no graph through it
+        if split:  # no graph through the first layer: first_layer_cells contracts it directly
             first, grid = first_layer(fcn.head, f)
     with torch.enable_grad():
         if split:

@@ -43,6 +43,23 @@ def test_gemm_head_equals_conv_head_on_vgg16_shapes(output_stride):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("rows", [1, 5, 40])
+def test_blocked_products_equal_one_product(rows, monkeypatch):
+    """The first layer's forward (blocks of output channels) and backward (blocks of columns)
+    give the one product's values, whatever the block and the leftover block."""
+    from fcn_cam import head
+
+    monkeypatch.setattr(head, "ROW_BLOCK", 7)
+    monkeypatch.setattr(head, "COL_BLOCK", 9)
+    g = torch.Generator().manual_seed(rows)
+    x, w, b = torch.randn(rows, 50, generator=g), torch.randn(30, 50, generator=g), torch.randn(30, generator=g)
+    torch.testing.assert_close(head.blocked_linear(x, w, b), torch.nn.functional.linear(x, w, b))
+    gr = torch.randn(rows, 30, generator=g)
+    torch.testing.assert_close(head.blocked_matmul(gr, w), gr @ w)
+    monkeypatch.setattr(head, "COL_BLOCK_ROWS", 4)  # beyond it: one product
+    torch.testing.assert_close(head.blocked_matmul(gr, w), gr @ w)
+
+
 def test_native_size_gemm_head_is_the_original_classifier_call():
     """At the native size the GEMM head is the original Linear arithmetic: bit-identical."""
     model = torchvision.models.vgg11(weights=None).eval()

@@ -400,8 +400,10 @@ def explain(
         writing = {"overwrite": overwrite, "request": params, "colormap": colormap, "alpha": alpha,
                    "protect": out.protect} if out else {}
         try:
+            # a model file is read by each actor; an architecture goes through the object store
+            shipped = model if Path(model).is_file() else fcn
             results = ray_guarded(distributed.explain_dataset(
-                fcn, todo, output_dir if out else None, address=ray, actors=ray_actors, num_gpus=ray_gpus,
+                shipped, todo, output_dir if out else None, address=ray, actors=ray_actors, num_gpus=ray_gpus,
                 runtime={"precision": precision, "device": device, "channels_last": channels_last},
                 output=writing, **options))
         except ImportError as e:

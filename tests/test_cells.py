@@ -117,13 +117,18 @@ def test_gemm_head_equals_conv_head_for_scores_and_cells():
 
 
 
-@pytest.mark.parametrize("method", ["dgrad", "cells"])
+@pytest.mark.parametrize("method", ["dgrad", "cells", "cells in blocks"])
 @pytest.mark.parametrize("stride,pad", [(None, (3, 2, 1, 4)), (8, (2, 2, 2, 2)), (None, None)])
-def test_both_orders_of_the_first_layer_equal_the_full_backward(method, stride, pad):
+def test_both_orders_of_the_first_layer_equal_the_full_backward(method, stride, pad, monkeypatch):
     """``A_t(p) = Σ_q ⟨g_t(p − q), W₁,q F(p)⟩`` in either order equals autograd through the
-    whole head (conv mode), with padded features, dilation, a batch and 1 or 3 classes."""
+    whole head (conv mode), with padded features, dilation, a batch and 1 or 3 classes; the
+    ``cells`` order also in blocks of 5 output channels (the last one partial)."""
+    from fcn_cam import head
     from fcn_cam.maps import cell_maps_of
 
+    if method == "cells in blocks":
+        method = "cells"
+        monkeypatch.setattr(head, "CELL_BLOCK", 5)
     fcn = fcn_cam.convert(prelu_vgg(), NATIVE, output_stride=stride)
     x = batch(2, 90, 110, seed=6)
     for classes in (torch.tensor([[2], [0]]), torch.tensor([[3, 0, 4], [1, 4, 2]])):

@@ -103,12 +103,33 @@ def first_layer(head: nn.Sequential, features: torch.Tensor) -> tuple[torch.Tens
     return blocked_linear(x, _weight_matrix(first), first.bias), (b, h, w)
 
 
-def rest_of_head(head: nn.Sequential, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-    """The layers after the first, on ``[B·h·w, O]`` window rows → ``[B, K, h, w]`` maps."""
-    for layer in list(head)[1:]:
+def rows_through(layers: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """1×1 convs (as Linears) and channel-wise layers on ``[windows, channels]`` rows."""
+    for layer in layers:
         x = F.linear(x, _weight_matrix(layer), layer.bias) if isinstance(layer, nn.Conv2d) else layer(x)
+    return x
+
+
+def as_maps(x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """``[B·h·w, K]`` window rows → ``[B, K, h, w]`` maps (a view)."""
     b, h, w = grid
     return x.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+def rest_of_head(head: nn.Sequential, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """The layers after the first, on ``[B·h·w, O]`` window rows → ``[B, K, h, w]`` maps."""
+    return as_maps(rows_through(list(head)[1:], x), grid)
+
+
+def final_linear(head: nn.Sequential) -> nn.Conv2d | None:
+    """The GEMM head's last layer when it is a 1×1 conv after others: the scores are then
+    ``S(w) = W u(w) + b`` on its input rows ``u``, so ``∂S_c(w)/∂u(w) = W[c]`` for every window
+    and a backward pass can start at ``u`` (no product with the one-hot scores)."""
+    last = head[-1]
+    if len(head) > 2 and isinstance(last, nn.Conv2d) and _pair(last.kernel_size) == (1, 1) \
+            and gemm_compatible(head):
+        return last
+    return None
 
 
 def run_head_gemm(head: nn.Sequential, features: torch.Tensor) -> torch.Tensor:

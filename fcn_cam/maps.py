@@ -30,7 +30,15 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .head import first_layer, first_layer_cells, gemm_compatible, rest_of_head
+from .head import (
+    as_maps,
+    final_linear,
+    first_layer,
+    first_layer_cells,
+    gemm_compatible,
+    rest_of_head,
+    rows_through,
+)
 from .runtime import input_like
 from .surgery import FCN
 
@@ -45,6 +53,8 @@ class Forward(NamedTuple):
     first: torch.Tensor | None = None  # [B·h·w, O] first head layer's output: the graph's leaf
     pad: tuple[int, int, int, int] | None = None  # feature padding in cells
     conv: nn.Conv2d | None = None  # the head's first layer, when ``first`` is set
+    last_input: torch.Tensor | None = None  # [B·h·w, O'] the last layer's input: where the graph ends
+    last: nn.Conv2d | None = None  # the head's last layer (1×1), when ``last_input`` is set
 
 
 Padding = tuple[int, int, int, int]  # (top, bottom, left, right)
@@ -80,7 +90,13 @@ def forward(fcn: FCN, batch: torch.Tensor, *, cells: bool = False, pad: Padding 
         if split:
             first = first.detach().requires_grad_(True)
             # a copy to run on: the head's activations may work in place (VGG's ReLU)
-            return Forward(f, rest_of_head(fcn.head, first.clone(), grid), first, pad, fcn.head[0])
+            last = final_linear(fcn.head)
+            if last is None:
+                return Forward(f, rest_of_head(fcn.head, first.clone(), grid), first, pad, fcn.head[0])
+            u = rows_through(list(fcn.head)[1:-1], first.clone())
+            with torch.no_grad():  # the graph ends at u: ∂S_c/∂u = W[c] needs no product
+                scores = as_maps(rows_through([last], u), grid)
+            return Forward(f, scores, first, pad, fcn.head[0], u, last)
         f = f.detach().requires_grad_(True)
         return Forward(f, fcn.run_head(f))
 
@@ -96,18 +112,23 @@ def cell_maps_of(fw: Forward, classes: torch.Tensor, method: str = "auto") -> to
     """
     f, s = fw.features, fw.scores
     leaf = fw.first if fw.first is not None else f
-    if not leaf.requires_grad or s.grad_fn is None:
+    end = fw.last_input if fw.last_input is not None else s
+    if not leaf.requires_grad or end.grad_fn is None:
         raise ValueError("cell maps need a forward pass with cells=True")
     classes = classes.to(s.device)
     b, t = classes.shape
-    onehot = torch.zeros(t, *s.shape, device=s.device, dtype=s.dtype)
-    onehot[torch.arange(t)[:, None], torch.arange(b)[None, :], classes.T] = 1
+    if fw.last is not None:  # ∂(Σ_w S_c(w))/∂u(w) = W[c], the same row for every window of the image
+        rows = fw.last.weight.flatten(1)[classes.T]  # [T, B, O']
+        seed = rows[:, :, None].expand(t, b, end.shape[0] // b, rows.shape[-1]).reshape(t, *end.shape)
+    else:
+        seed = torch.zeros(t, *s.shape, device=s.device, dtype=s.dtype)
+        seed[torch.arange(t)[:, None], torch.arange(b)[None, :], classes.T] = 1
     with torch.enable_grad():
         if t == 1:
-            (grad,) = torch.autograd.grad(s, leaf, onehot[0], retain_graph=True)
+            (grad,) = torch.autograd.grad(end, leaf, seed[0], retain_graph=True)
             grad = grad[None]
         else:
-            (grad,) = torch.autograd.grad(s, leaf, onehot, retain_graph=True, is_grads_batched=True)
+            (grad,) = torch.autograd.grad(end, leaf, seed, retain_graph=True, is_grads_batched=True)
     if fw.first is not None:
         with torch.no_grad():  # the weights require grad; these products need none
             cells = first_layer_cells(fw.conv, grad, f, fw.pad, method)

@@ -105,10 +105,20 @@ def test_cells_sum_to_window_scores_minus_bias_part(output_stride):
             assert cells[b, t].sum().item() == pytest.approx(want.item(), rel=1e-4, abs=1e-4)
 
 
-def test_gemm_head_equals_conv_head_for_scores_and_cells():
-    fcn = fcn_cam.convert(prelu_vgg(), NATIVE, output_stride=8)
+def ending_in_a_gate() -> nn.Sequential:
+    """prelu_vgg whose head ends in a LeakyReLU: no final linear layer to start the backward at."""
+    model = prelu_vgg()
+    model.classifier.append(nn.LeakyReLU(0.2))
+    return model
+
+
+@pytest.mark.parametrize("make", [prelu_vgg, ending_in_a_gate])
+def test_gemm_head_equals_conv_head_for_scores_and_cells(make):
+    fcn = fcn_cam.convert(make(), NATIVE, output_stride=8)
     x = batch(2, 150, 130, seed=4)
     fcn.head_mode = "gemm"
+    fw = forward(fcn, x, cells=True)
+    assert (fw.last is None) == (make is ending_in_a_gate)  # the backward starts at the last layer's input
     s1, c1 = cell_maps(fcn, x, CLASSES)
     fcn.head_mode = "conv"
     s2, c2 = cell_maps(fcn, x, CLASSES)
@@ -183,7 +193,8 @@ def test_feature_padding_equals_input_padding_on_a_pooling_body():
 def test_no_graph_or_grad_left_behind():
     fcn = fcn_cam.convert(small_vgg(), NATIVE)
     fw = forward(fcn, batch(1, NATIVE, NATIVE), cells=True)
-    assert fw.scores.grad_fn is not None  # the head's graph only ...
+    assert fw.last_input.grad_fn is not None  # the head's graph only, up to the last layer's input ...
+    assert fw.scores.grad_fn is None
     assert all(p.grad is None for p in fcn.parameters())
     cell_maps(fcn, batch(1, NATIVE, NATIVE), CLASSES[:1])
     assert all(p.grad is None for p in fcn.parameters())  # ... and no parameter gradients

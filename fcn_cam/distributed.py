@@ -8,8 +8,8 @@ of the model, runs :func:`~fcn_cam.explain_files` on the decoded pixels (same ba
 Records come back in completion order, not input order.
 
 Every node must see the image paths and the output folder at the same place (a shared
-filesystem); the model travels through Ray's object store. Install with
-``pip install 'fcn-cam[ray]'``.
+filesystem); a model file is read by each actor from there, a model object travels through
+Ray's object store. Install with ``pip install 'fcn-cam[ray]'``.
 """
 
 from __future__ import annotations
@@ -172,7 +172,8 @@ def explain_dataset(
     it completes (a record, or the error that stopped that image).
 
     Args:
-        model: an unprepared :class:`FCN`, or a model file every node can read.
+        model: a model file every node can read (each actor loads it: the fastest start), or
+            an unprepared :class:`FCN` (put into the object store once).
         images: folders, list files, glob patterns or files (:func:`image_paths`).
         output_dir: write overlays, maps and ``explanations.jsonl`` here (as ``fcn-cam
             explain -o``); None: records only.

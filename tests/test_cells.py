@@ -152,13 +152,17 @@ def test_both_orders_of_the_first_layer_equal_the_full_backward(method, stride, 
         if pad:
             assert got[..., :pad[0], :].abs().max() == 0 and got[..., :, -pad[3]:].abs().max() == 0
 
-def test_cells_in_bf16_follow_fp32():
+@pytest.mark.parametrize("method", ["dgrad", "cells"])
+def test_cells_in_bf16_follow_fp32(method):
+    from fcn_cam.maps import cell_maps_of
+
     fcn = fcn_cam.convert(small_vgg(), NATIVE)
-    x = batch(1, 2 * NATIVE, 2 * NATIVE, seed=5)
-    _, ref = cell_maps(fcn, x, CLASSES[:1])
+    x, classes = batch(1, 2 * NATIVE, 2 * NATIVE, seed=5), torch.tensor([[2, 0, 4]])
+    ref = cell_maps_of(forward(fcn, x, cells=True, pad=(1, 2, 2, 1)), classes, method)
     with warnings.catch_warnings():  # bf16 may be emulated (slow, warned) on this CPU
         warnings.simplefilter("ignore")
-        _, got = cell_maps(fcn_cam.prepare(fcn, precision="bf16"), x, CLASSES[:1])
+        bf16 = fcn_cam.prepare(fcn, precision="bf16")
+        got = cell_maps_of(forward(bf16, x, cells=True, pad=(1, 2, 2, 1)), classes, method)
     assert got.dtype == torch.float32
     r = np.corrcoef(ref.flatten().numpy(), got.flatten().numpy())[0, 1]
     assert r > 0.98

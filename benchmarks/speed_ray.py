@@ -3,9 +3,10 @@
 ``ray_vs_local()`` writes a folder of real photos, converts ``arch`` with random weights, then
 alternates, ``repeats`` times, a fresh subprocess running ``fcn-cam explain -o`` and one running
 ``fcn-cam explain --ray auto -o`` on a local 2-CPU Ray instance that the subprocess started
-before its clock starts (the cluster is up, as on a real one; starting it is timed apart).
-Both clocks include loading the model and writing every output; the Ray one also includes
-shipping the model and starting the actors. The records of the two are compared.
+before its clock starts (the cluster is up, as on a real one; starting it, and stopping it
+when the process exits, are timed apart). Both clocks run until the command returns and
+include loading the model and writing every output; the Ray one also includes starting the
+actors, each loading the model file. The records of the two are compared.
 
     PYTHONPATH=. python benchmarks/speed_ray.py [--n 64] [--arch vgg16] [--scale 1] [--repeats 3]
 """
@@ -38,7 +39,10 @@ else:
     print("READY 0", flush=True)
 from fcn_cam.cli import app
 sys.argv = ["fcn-cam", *sys.argv[3:]]
-app()
+try:
+    app()
+finally:
+    print("DONE", flush=True)  # the command has returned; what follows is the process (and cluster) exiting
 """
 
 
@@ -51,17 +55,21 @@ def run_worker(mode: str, model: str, folder: str, out: str, scale: float, cpus:
            "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     p = subprocess.Popen([sys.executable, "-c", WORKER, mode, str(cpus), *args], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=env)
-    start, stamps, res = None, [], {"mode": mode}
+    start, end, stamps, res = None, None, [], {"mode": mode}
     for line in p.stdout:
         if line.startswith("READY"):
             start, res["ray_start_s"] = time.perf_counter(), float(line.split()[1])
         elif line.startswith("{"):
             stamps.append(time.perf_counter())
-    end = time.perf_counter()
+        elif line.startswith("DONE"):
+            end = time.perf_counter()
+    exited = time.perf_counter()
     err = p.stderr.read()
-    if p.wait() != 0 or start is None or not stamps:
+    if p.wait() != 0 or start is None or end is None or not stamps:
         raise RuntimeError(f"{mode} run failed ({p.returncode}): {err[-3000:]}")
-    res.update(seconds=end - start, first_s=stamps[0] - start, records=len(stamps),
+    # the clock stops when the command returns: the Ray instance was started before it (as a
+    # running cluster would be), so its shutdown at the process's exit is timed apart too
+    res.update(seconds=end - start, exit_s=exited - end, first_s=stamps[0] - start, records=len(stamps),
                steady_images_per_s=(len(stamps) - 1) / max(stamps[-1] - stamps[0], 1e-9))
     return res
 
@@ -120,14 +128,18 @@ def ray_vs_local(n: int = 64, arch: str = "vgg16", scale: float = 1.0, repeats: 
 
 def report(res: dict) -> str:
     rows = [[r["mode"], f"{r['seconds']:.1f}", f"{r['first_s']:.1f}", r["images_per_s"],
-             r["steady_images_per_s"],
+             r["steady_images_per_s"], f"{r['exit_s']:.1f}" if "exit_s" in r else "–",
              r["foreign_cores"]] for r in res["runs"]]
     return "\n".join([
         f"CPU: {res['cpu']} ({res['cores']} cores); {res['arch']} random weights, scale {res['scale']:g}, "
         f"{res['n']} photos; Ray: local instance with {res['ray_cpus']} CPUs",
         "",
         table(["run", "seconds", "first record (s)", "images/s", "images/s after the first",
-               "CPU of other processes (cores)"], rows),
+               "exit after the command (s)", "CPU of other processes (cores)"], rows),
+        "",
+        "*seconds*: from the clock's start to the command's return (after its last record and summary); "
+        "*exit after the command*: the process's exit after that, for Ray runs including the shutdown "
+        "of the Ray instance the process had started before the clock (not counted, like its start).",
         "",
         "The last column is the machine's CPU use outside the benchmark's own process tree; for "
         "Ray runs it includes Ray's worker processes (they are not its children), which run the model.",

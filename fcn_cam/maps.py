@@ -13,7 +13,8 @@ windows::
 
 so ``Σ_p A_c(p) = Σ_w (S_c(w) - β_c(w))``. One backward pass through the **head only**,
 batched over the explained classes (the gates are shared); the body runs without a graph.
-With the head run as GEMMs the backward pass stops at the first layer's output ``g_t(w)``
+With the head run as GEMMs the backward pass starts at the last layer's input (where
+``∂S_c(w)/∂u(w) = W[c]`` for every window), stops at the first layer's output ``g_t(w)``,
 and the first layer is contracted in whichever order is cheaper,
 ``A_t(p) = Σ_q ⟨g_t(p − q), W₁,q F(p)⟩``: many classes share the products ``W₁,q F(p)``.
 For a GAP head this is CAM without its bias; for an FC head at the native size it is
@@ -118,7 +119,7 @@ def cell_maps_of(fw: Forward, classes: torch.Tensor, method: str = "auto") -> to
     classes = classes.to(s.device)
     b, t = classes.shape
     if fw.last is not None:  # ∂(Σ_w S_c(w))/∂u(w) = W[c], the same row for every window of the image
-        rows = fw.last.weight.flatten(1)[classes.T]  # [T, B, O']
+        rows = fw.last.weight.detach().flatten(1)[classes.T]  # [T, B, O']
         seed = rows[:, :, None].expand(t, b, end.shape[0] // b, rows.shape[-1]).reshape(t, *end.shape)
     else:
         seed = torch.zeros(t, *s.shape, device=s.device, dtype=s.dtype)

@@ -44,6 +44,10 @@ from .runtime import input_like
 from .surgery import FCN
 
 MAP_KINDS = ("scores", "cells")
+#: Gradient values (classes × the graph leaf's size) one backward pass of :func:`cell_maps_of`
+#: holds at most (512 MB fp32); more classes go in chunks. All 1000 ImageNet classes of VGG16
+#: at 448×673 would otherwise hold 4.8 GB of gradients, several times over in the backward.
+GRAD_VALUES = 2**27
 
 
 class Forward(NamedTuple):
@@ -109,7 +113,8 @@ def cell_maps_of(fw: Forward, classes: torch.Tensor, method: str = "auto") -> to
     one-hot ``[T, B, K, h, w]`` selecting class ``classes[b, t]`` in every window. With the
     head run as GEMMs the product stops at the first layer's output and
     :func:`fcn_cam.head.first_layer_cells` finishes it (``method``): for many classes the
-    first layer's products are shared instead of redone per class.
+    first layer's products are shared instead of redone per class. Classes go in chunks of
+    at most ``GRAD_VALUES`` gradient values.
     """
     f, s = fw.features, fw.scores
     leaf = fw.first if fw.first is not None else f
@@ -118,6 +123,9 @@ def cell_maps_of(fw: Forward, classes: torch.Tensor, method: str = "auto") -> to
         raise ValueError("cell maps need a forward pass with cells=True")
     classes = classes.to(s.device)
     b, t = classes.shape
+    chunk = max(1, GRAD_VALUES // leaf.numel())
+    if t > chunk:
+        return torch.cat([cell_maps_of(fw, classes[:, i:i + chunk], method) for i in range(0, t, chunk)], 1)
     if fw.last is not None:  # ∂(Σ_w S_c(w))/∂u(w) = W[c], the same row for every window of the image
         rows = fw.last.weight.detach().flatten(1)[classes.T]  # [T, B, O']
         seed = rows[:, :, None].expand(t, b, end.shape[0] // b, rows.shape[-1]).reshape(t, *end.shape)

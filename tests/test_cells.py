@@ -152,6 +152,20 @@ def test_both_orders_of_the_first_layer_equal_the_full_backward(method, stride, 
         if pad:
             assert got[..., :pad[0], :].abs().max() == 0 and got[..., :, -pad[3]:].abs().max() == 0
 
+
+def test_many_classes_go_in_chunks_with_the_same_maps(monkeypatch):
+    """Classes beyond the gradient budget are explained in chunks; the maps are the same."""
+    from fcn_cam import maps
+    from fcn_cam.maps import cell_maps_of
+
+    fcn = fcn_cam.convert(prelu_vgg(), NATIVE)
+    fw = forward(fcn, batch(2, 90, 110, seed=7), cells=True, pad=(1, 1, 2, 0))
+    classes = torch.tensor([[4, 0, 1, 3, 2], [2, 2, 0, 1, 4]])
+    whole = cell_maps_of(fw, classes)
+    monkeypatch.setattr(maps, "GRAD_VALUES", 2 * fw.first.numel())  # two classes per chunk
+    torch.testing.assert_close(cell_maps_of(fw, classes), whole, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("method", ["dgrad", "cells"])
 def test_cells_in_bf16_follow_fp32(method):
     from fcn_cam.maps import cell_maps_of

@@ -9,33 +9,16 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
-from PIL import Image
 
-from . import distributed, zoo
-from .explanation import (
-    DEFAULT_CLAMP,
-    DEFAULT_MAPS,
-    DEFAULT_PAD,
-    DEFAULT_SCALE,
-    Result,
-    Settings,
-    explain_files,
-    prefetch,
-    resolve_pad,
-    sides,
-)
-from .files import dumps_strict
-from .geometry import cover_padding, layer_padding, layer_params, spatial_layers
-from .images import check_file, find_images, input_shape
-from .modelfile import ModelFileError, load, read, save, validate
-from .outputs import AlreadyDone, OutputDir, OutputError, is_output_name, record_of
-from .render import check_colormap
-from .runtime import prepare, resolve_device
-from .surgery import FCN, ConversionError
+# Only what the help needs at import: torch and the model code load when a command runs.
+from .defaults import DEFAULT_CLAMP, DEFAULT_MAPS, DEFAULT_PAD, DEFAULT_SCALE, NAMES
+
+if TYPE_CHECKING:
+    from .explanation import Result
+    from .surgery import FCN
 
 app = typer.Typer(
     add_completion=False,
@@ -44,7 +27,14 @@ app = typer.Typer(
     "by exact FC→conv surgery.",
 )
 
-EXPECTED = (ModelFileError, zoo.WeightsError, ConversionError, ValueError, FileExistsError, OutputError)
+def expected_errors() -> tuple[type[Exception], ...]:
+    """The errors a command reports as one line (bad input, not a bug)."""
+    from .modelfile import ModelFileError
+    from .outputs import OutputError
+    from .surgery import ConversionError
+    from .zoo import WeightsError
+
+    return ModelFileError, WeightsError, ConversionError, ValueError, FileExistsError, OutputError
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -54,15 +44,21 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 def ray_guarded(results: Iterator[Result]) -> Iterator[Result]:
     """A Ray run that fails as a whole (not one image) ends the command with one line."""
+    from .distributed import RayRunError
+
     try:
         yield from results
-    except distributed.RayRunError as e:
+    except RayRunError as e:
         raise fail(str(e), 1) from None
 
 
 def open_model(model: str, weights: str, output_stride: int | None, device: str = "cpu") -> FCN:
     """A model file, or an architecture name converted on the fly."""
-    if model in zoo.NAMES and not Path(model).exists():
+    from . import zoo
+    from .modelfile import load
+    from .runtime import resolve_device
+
+    if model in NAMES and not Path(model).exists():
         return zoo.load_arch(model, weights, output_stride=output_stride, device=resolve_device(device))
     fcn = load(model, map_location=resolve_device(device))
     if output_stride is not None and output_stride != fcn.info["output_stride"]:
@@ -115,7 +111,7 @@ def _normalization(mean: str | None, std: str | None, scale_01: bool) -> dict:
 @app.command()
 def convert(
     arch: Annotated[str, typer.Argument(
-        help=f"One of: {', '.join(zoo.NAMES)}; or an ONNX file (model.onnx).")],
+        help=f"One of: {', '.join(NAMES)}; or an ONNX file (model.onnx).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Model file to write.")],
     weights: Annotated[str, typer.Option(
         help="torchvision weights name (DEFAULT, IMAGENET1K_V1, …), a local state-dict "
@@ -152,6 +148,9 @@ def convert(
             input_size, mean, std, scale_01, flatten_order, model_output, classes, keep_softmax)):
         raise fail("--input-size, --mean, --std, --scale-01, --flatten-order, --model-output, "
                    "--keep-softmax and --classes apply to ONNX files; torchvision models carry their own")
+    from . import zoo
+    from .modelfile import save
+
     try:
         if onnx_file:
             from .importers.onnx import convert_onnx
@@ -169,7 +168,7 @@ def convert(
         else:
             fcn = zoo.load_arch(arch, weights, output_stride=output_stride, device=device)
         save(fcn, output, overwrite=overwrite)
-    except (*EXPECTED, OSError) as e:
+    except (*expected_errors(), OSError) as e:
         raise fail(str(e)) from None
     ex = fcn.info["exactness"]
     dropped = f", dropped {', '.join(fcn.info['dropped'])}" if fcn.info.get("dropped") else ""
@@ -185,6 +184,10 @@ def activation_bytes(fcn: FCN, height: int, width: int) -> int:
     """Estimated peak activation memory of one ``height × width`` network input: the largest
     input + output pair of any conv/pool layer (channel counts × sizes from the layers'
     geometry), times 2 for the framework's workspace and residual branches."""
+    from torch import nn
+
+    from .geometry import layer_padding, layer_params, spatial_layers
+
     itemsize = next(fcn.parameters()).element_size()
     size, channels = [height, width], 3
     peak = channels * height * width
@@ -195,7 +198,7 @@ def activation_bytes(fcn: FCN, height: int, width: int) -> int:
         new = [rnd((size[a] + p[a] - d[a] * (k[a] - 1) - 1) / s[a]) + 1 for a in (0, 1)]
         if min(new) <= 0:
             break
-        c = layer.out_channels if isinstance(layer, torch.nn.Conv2d) else channels
+        c = layer.out_channels if isinstance(layer, nn.Conv2d) else channels
         peak = max(peak, channels * size[0] * size[1] + c * new[0] * new[1])
         size, channels = new, c
     return 2 * peak * itemsize
@@ -227,6 +230,9 @@ def gib(n: float) -> str:
 
 def input_bytes(fcn: FCN, size: tuple[int, int], sides: list[int], pad: str) -> int:
     """Estimated peak memory to explain an image of ``size`` (width, height) at ``sides``."""
+    from .geometry import cover_padding
+    from .images import input_shape
+
     worst = 0
     for side in sides:
         h, w = input_shape(size, side)
@@ -239,6 +245,10 @@ def input_bytes(fcn: FCN, size: tuple[int, int], sides: list[int], pad: str) -> 
 
 def header_size(path: Path) -> tuple[int, int] | None:
     """(width, height) from the header only, or None (the decoder will say what is wrong)."""
+    from PIL import Image
+
+    from .images import check_file
+
     try:
         check_file(path)
         with Image.open(path) as im:
@@ -324,7 +334,15 @@ def explain(
     code is then 1.
     """
     pad = "none" if no_pad else pad
-    params = {k: v for k, v in locals().items() if k not in NOT_IN_KEY}
+    params = {k: v for k, v in locals().items() if k not in NOT_IN_KEY}  # (the options only: before imports)
+    from . import distributed
+    from .explanation import Settings, explain_files, prefetch, resolve_pad, sides
+    from .files import dumps_strict
+    from .images import find_images
+    from .outputs import AlreadyDone, OutputDir, is_output_name, record_of
+    from .render import check_colormap
+    from .runtime import prepare
+
     try:
         check_colormap(colormap)
         params["pad"] = pad = resolve_pad(pad)
@@ -355,7 +373,7 @@ def explain(
         params.update(scale=scales, model=model_identity(model, weights, output_stride))
         out = OutputDir(output_dir, overwrite=overwrite, request=params, colormap=colormap,
                         alpha=alpha) if output_dir else None
-    except EXPECTED as e:
+    except expected_errors() as e:
         raise fail(str(e)) from None
     if out and out.cleaned:
         typer.echo(f"note: removed {len(out.cleaned)} temporary files left by an interrupted run in "
@@ -456,6 +474,8 @@ def explain(
 @app.command()
 def info(file: Annotated[Path, typer.Argument(help="A model file from `fcn-cam convert`.")]) -> None:
     """Print a model file's metadata (no code is run to read it)."""
+    from .modelfile import ModelFileError, read, validate
+
     try:
         obj = read(file)
         validate(obj, file)

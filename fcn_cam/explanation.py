@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+# the defaults: chosen on the demo scenes' validation split (benchmarks/results/localization.md)
+from .defaults import BOX_FRACTION, DEFAULT_CLAMP, DEFAULT_MAPS, DEFAULT_PAD, DEFAULT_SCALE
 from .geometry import Geometry, align, cell_centre, cover_padding, feature_cover_padding
 from .images import ImageError, ImageLike, as_image, load_image, to_input
 from .maps import MAP_KINDS, Padding, cell_maps_of, forward, score_maps  # noqa: F401 (score_maps re-exported)
@@ -35,15 +37,6 @@ from .metrics import threshold_box
 from .surgery import FCN
 
 Scales = float | Sequence[float]
-
-# Defaults, chosen on the demo scenes' validation split by top-1 localization, then pointing,
-# then cost (benchmarks/results/localization.md has the numbers and the rule).
-DEFAULT_SCALE: Scales = (1.0, 2.0)
-DEFAULT_MAPS = "cells"
-DEFAULT_PAD = "features"
-DEFAULT_CLAMP = False
-#: Box threshold per map kind (fraction of the heatmap's range), each swept at the defaults.
-BOX_FRACTION: dict[str, float] = {"scores": 0.65, "cells": 0.4}
 
 
 @dataclass

@@ -14,18 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .defaults import ARCHS, DEMOS, NAMES  # noqa: F401 (the names, torch-free for the CLI's help)
 from .runtime import resolve_device
 from .surgery import FCN, IMAGENET_MEAN, IMAGENET_STD, convert
 
-ARCHS: tuple[str, ...] = (
-    *(f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")),
-    "alexnet",
-    *(f"resnet{d}" for d in (18, 34, 50, 101, 152)),
-)
-#: The demo's twin models, shipped with the package (``fcn_cam/demo/twins.pt``).
-DEMOS: tuple[str, ...] = ("demo-fc", "demo-gap")
-#: Everything ``fcn-cam convert`` / ``explain --model`` accept by name.
-NAMES: tuple[str, ...] = (*ARCHS, *DEMOS)
 RANDOM = "random"
 
 

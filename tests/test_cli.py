@@ -219,3 +219,17 @@ def test_demo_command(tmp_path):
     r = run("demo", "-o", out, "--n", "3")
     assert r.exit_code == 2 and "already exists" in r.output
     assert (out / "comparison.png").read_bytes() == before and outputs(out) == names
+
+
+def test_help_needs_no_torch():
+    """The command line imports torch and the model code only when a command runs: its help
+    (all commands' options and defaults) comes without them."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from fcn_cam.cli import app; from typer.testing import CliRunner; "
+            "r = CliRunner().invoke(app, ['explain', '--help']); "
+            "print(r.exit_code, 'torch' in sys.modules, 'features' in r.output, 'vgg16' in "
+            "CliRunner().invoke(app, ['convert', '--help']).output)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", "False", "True", "True"], out.stdout + out.stderr

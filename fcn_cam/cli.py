@@ -27,6 +27,7 @@ app = typer.Typer(
     "by exact FC→conv surgery.",
 )
 
+
 def expected_errors() -> tuple[type[Exception], ...]:
     """The errors a command reports as one line (bad input, not a bug)."""
     from .modelfile import ModelFileError

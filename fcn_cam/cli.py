@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 # Only what the help needs at import: torch and the model code load when a command runs.
-from .defaults import DEFAULT_CLAMP, DEFAULT_MAPS, DEFAULT_PAD, DEFAULT_SCALE, NAMES
+from .defaults import DEFAULT_CLAMP, DEFAULT_MAPS, DEFAULT_PAD, DEFAULT_SCALE
+from .names import NAMES
 
 if TYPE_CHECKING:
     from .explanation import Result

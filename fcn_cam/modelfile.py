@@ -21,8 +21,8 @@ from torch import nn
 
 from .files import write_atomic
 from .geometry import Geometry
+from .names import ARCHS
 from .surgery import FCN, ChannelSoftmax, ConversionError, convert, set_output_stride
-from .zoo import ARCHS
 
 FORMAT, VERSION = "fcn-cam", 1
 

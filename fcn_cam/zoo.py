@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .defaults import ARCHS, DEMOS, NAMES  # noqa: F401 (the names, torch-free for the CLI's help)
+from .names import ARCHS, DEMOS, NAMES  # noqa: F401 (the registry's names, torch-free for the CLI's help)
 from .runtime import resolve_device
 from .surgery import FCN, IMAGENET_MEAN, IMAGENET_STD, convert
 

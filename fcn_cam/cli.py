@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     add_completion=False,
+    rich_markup_mode="markdown",  # docstrings are wrapped by hand: join their lines
     no_args_is_help=True,
     help="Class Activation Maps for CNNs with fully-connected heads (VGG, AlexNet, …) "
     "by exact FC→conv surgery.",

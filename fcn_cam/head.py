@@ -16,7 +16,10 @@ different way to run the same parameters, chosen at run time (``FCN.head_mode``)
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+import torch.autograd.forward_ad as fwad
 import torch.nn.functional as F
 from torch import nn
 
@@ -198,6 +201,135 @@ def first_layer_cells(
         r += torch.bmm(g[:, :, o0:o0 + ob].transpose(0, 1), pairs.reshape(windows, k2, ob).transpose(1, 2))
     r = r.view(b, h * w, t, k2).permute(2, 0, 3, 1).reshape(t * b, k2, h * w)
     return F.fold(r, (height, width), (kh, kw), dilation=(dh, dw)).view(t, b, height, width)
+
+
+def _offset_windows(shape: tuple[int, int], kernel: tuple[int, int], dilation: tuple[int, int],
+                    pad: tuple[int, int, int, int]) -> list[tuple[int, int, slice, slice]]:
+    """For each offset ``q`` of the k×k window: ``(qy, qx, rows, cols)``, the window-grid
+    ranges whose offset-``q`` cell is real (not padding), when there are any."""
+    (height, width), (kh, kw), (dh, dw) = shape, kernel, dilation
+    top, bottom, left, right = pad
+    h, w = height - dh * (kh - 1), width - dw * (kw - 1)
+
+    def span(q: int, d: int, before: int, real: int, n: int) -> slice:  # i + q·d ∈ [before, before + real)
+        return slice(max(0, before - q * d), min(n, before + real - q * d))
+
+    out = []
+    for qy in range(kh):
+        rows = span(qy, dh, top, height - top - bottom, h)
+        for qx in range(kw):
+            cols = span(qx, dw, left, width - left - right, w)
+            if rows.start < rows.stop and cols.start < cols.stop:
+                out.append((qy, qx, rows, cols))
+    return out
+
+
+def real_pairs(conv: nn.Conv2d, features_shape: torch.Size, pad: tuple[int, int, int, int] | None) -> int:
+    """How many (window, offset) pairs of the first layer see a real cell: the rows
+    :func:`forward_cells` pushes through the head."""
+    b, _, height, width = features_shape
+    spans = _offset_windows((height, width), _pair(conv.kernel_size), _pair(conv.dilation), pad or (0, 0, 0, 0))
+    return b * sum(map(_area, spans))
+
+
+def linear_macs(layers: list[nn.Module]) -> int:
+    """Multiply-accumulates per window row of the 1×1 convs among ``layers``."""
+    return sum(m.in_channels * m.out_channels for m in layers if isinstance(m, nn.Conv2d))
+
+
+def _jvp(layer: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``J_layer(x) t`` by forward-mode autograd; ``x`` may be overwritten (in-place layers)."""
+    with warnings.catch_warnings(), fwad.dual_level():
+        # torch (2.14) loads its forward-AD decompositions with torch.jit.script on first use,
+        # and warns about its own call
+        warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
+        return fwad.unpack_dual(layer(fwad.make_dual(x, t))).tangent
+
+
+#: (window, offset) pairs :func:`forward_cells` pushes through the head at once: products of
+#: this many rows run at the GEMM rate; a few offsets' worth of windows.
+PAIR_ROWS = 2048
+
+
+def forward_cells(
+    conv: nn.Conv2d, middle: list[nn.Module], first: torch.Tensor, features: torch.Tensor,
+    pad: tuple[int, int, int, int] | None = None,
+) -> torch.Tensor:
+    """The class-independent order of the cell maps, for heads ending in a linear layer
+    ``S(w) = W u(w) + b``::
+
+        Z(p) = Σ_q J(p − q) W₁,q F(p),        A_c(p) = ⟨W[c], Z(p)⟩
+
+    where ``J(w)`` is the Jacobian of the ``middle`` layers (between the first and the last)
+    at window ``w``'s first-layer output ``first`` ``[B·h·w, O]``: with the gates fixed, the
+    same sum as the backward orders of :func:`first_layer_cells`, transposed. Each
+    (window, offset) pair that sees a real cell is pushed forward once, whatever the number
+    of classes: a product with ``W₁,q``, then each 1×1 layer (VGG16: 4096×4096), the
+    channel-wise layers linearized at the window's own inputs (forward-mode autograd);
+    pairs go ``PAIR_ROWS`` at a time. Returns ``Z`` ``[B, H, W, O']`` float32 on the padded
+    feature grid (0 on padded cells); ``Z Wᵀ`` gives every class's map.
+    """
+    b, c, height, width = features.shape
+    (kh, kw), (dh, dw) = _pair(conv.kernel_size), _pair(conv.dilation)
+    h, w = height - dh * (kh - 1), width - dw * (kw - 1)
+    inputs, x = {}, first  # the channel-wise layers' inputs at every window: where the gates are
+    for i, m in enumerate(middle):
+        if isinstance(m, nn.Conv2d):
+            x = F.linear(x, _weight_matrix(m), m.bias)
+        elif not _is_identity(m):
+            inputs[i] = x.view(b, h, w, -1)
+            x = m(x.clone())
+    w1 = _offset_major(conv.weight)
+    cells = features.permute(0, 2, 3, 1)  # [B, H, W, C], a view
+    z = features.new_zeros(b, height, width, x.shape[-1], dtype=torch.float32)
+    spans = _offset_windows((height, width), (kh, kw), (dh, dw), pad or (0, 0, 0, 0))
+    while spans:
+        group, rows = [], 0
+        while spans and (not group or rows + b * _area(spans[0]) <= PAIR_ROWS):
+            group.append(spans.pop(0))
+            rows += b * _area(group[-1])
+        t = first.new_empty(rows, conv.out_channels)
+        gates = {i: v.new_empty(rows, v.shape[-1]) for i, v in inputs.items()}
+        at, r0 = [], 0
+        for qy, qx, wy, wx in group:
+            n = b * _area((qy, qx, wy, wx))
+            cy, cx = slice(wy.start + qy * dh, wy.stop + qy * dh), slice(wx.start + qx * dw, wx.stop + qx * dw)
+            torch.mm(cells[:, cy, cx].reshape(n, c), w1[:, qy * kw + qx], out=t[r0:r0 + n])  # P(w + q, q)
+            for i, v in inputs.items():
+                gates[i][r0:r0 + n].view(b, wy.stop - wy.start, wx.stop - wx.start, -1).copy_(v[:, wy, wx])
+            at.append((cy, cx, r0, n))
+            r0 += n
+        for i, m in enumerate(middle):
+            if isinstance(m, nn.Conv2d):
+                t = t @ _weight_matrix(m).T
+            elif i in gates:
+                t = _jvp(m, gates[i], t)
+        for cy, cx, r0, n in at:
+            z[:, cy, cx] += t[r0:r0 + n].view(b, cy.stop - cy.start, cx.stop - cx.start, -1)
+    return z
+
+
+def _offset_major(weight: torch.Tensor, block: int = 16) -> torch.Tensor:
+    """``[O, C, kh, kw]`` → ``[C, kh·kw, O]`` (a copy), so that each offset's ``W₁,qᵀ`` is a
+    ``[C, O]`` matrix with unit column stride (a strided read per offset would touch every
+    cache line of the weight 49 times). Copied ``block`` output channels at a time: 0.25 s
+    for VGG16's 411 MB on a 2-core EPYC, against 0.38 s as one transpose and 0.88 s as one
+    permute."""
+    o = weight.shape[0]
+    rows = weight.reshape(o, -1)
+    out = weight.new_empty(rows.shape[1], o)
+    for o0 in range(0, o, block):
+        out[:, o0:o0 + block] = rows[o0:o0 + block].T
+    return out.view(weight.shape[1], -1, o)
+
+
+def _is_identity(m: nn.Module) -> bool:
+    """Layers that pass their input through unchanged at inference (no gate to linearize)."""
+    return isinstance(m, nn.Identity) or (isinstance(m, nn.modules.dropout._DropoutNd) and not m.training)
+
+
+def _area(span: tuple[int, int, slice, slice]) -> int:
+    return (span[2].stop - span[2].start) * (span[3].stop - span[3].start)
 
 
 def run_head(head: nn.Sequential, features: torch.Tensor, mode: str = "gemm") -> torch.Tensor:

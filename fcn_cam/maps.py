@@ -17,6 +17,9 @@ With the head run as GEMMs the backward pass starts at the last layer's input (w
 ``∂S_c(w)/∂u(w) = W[c]`` for every window), stops at the first layer's output ``g_t(w)``,
 and the first layer is contracted in whichever order is cheaper,
 ``A_t(p) = Σ_q ⟨g_t(p − q), W₁,q F(p)⟩``: many classes share the products ``W₁,q F(p)``.
+For many classes (VGG16: from about 40) the same sum runs transposed, class-independent:
+each (window, offset) pair is pushed forward once through the linearized head,
+``A_c(p) = ⟨W[c], Σ_q J(p − q) W₁,q F(p)⟩`` (:func:`cell_order`).
 For a GAP head this is CAM without its bias; for an FC head at the native size it is
 gradient × activation of the original model at its flatten input (HiResCAM, Draelos &
 Carin 2020). Exact for ReLU / LeakyReLU / PReLU / identity gates; a first-order
@@ -36,7 +39,10 @@ from .head import (
     final_linear,
     first_layer,
     first_layer_cells,
+    forward_cells,
     gemm_compatible,
+    linear_macs,
+    real_pairs,
     rest_of_head,
     rows_through,
 )
@@ -60,6 +66,7 @@ class Forward(NamedTuple):
     conv: nn.Conv2d | None = None  # the head's first layer, when ``first`` is set
     last_input: torch.Tensor | None = None  # [B·h·w, O'] the last layer's input: where the graph ends
     last: nn.Conv2d | None = None  # the head's last layer (1×1), when ``last_input`` is set
+    middle: tuple[nn.Module, ...] = ()  # the layers between the first and the last, then
 
 
 Padding = tuple[int, int, int, int]  # (top, bottom, left, right)
@@ -101,7 +108,7 @@ def forward(fcn: FCN, batch: torch.Tensor, *, cells: bool = False, pad: Padding 
             u = rows_through(list(fcn.head)[1:-1], first.clone())
             with torch.no_grad():  # the graph ends at u: ∂S_c/∂u = W[c] needs no product
                 scores = as_maps(rows_through([last], u), grid)
-            return Forward(f, scores, first, pad, fcn.head[0], u, last)
+            return Forward(f, scores, first, pad, fcn.head[0], u, last, tuple(fcn.head)[1:-1])
         f = f.detach().requires_grad_(True)
         return Forward(f, fcn.run_head(f))
 
@@ -109,12 +116,16 @@ def forward(fcn: FCN, batch: torch.Tensor, *, cells: bool = False, pad: Padding 
 def cell_maps_of(fw: Forward, classes: torch.Tensor, method: str = "auto") -> torch.Tensor:
     """Cell maps ``[B, T, fh, fw]`` for ``classes`` ``[B, T]`` (class indices per image).
 
-    One vector–Jacobian product per class slot ``t``, batched: the grad output is the
-    one-hot ``[T, B, K, h, w]`` selecting class ``classes[b, t]`` in every window. With the
-    head run as GEMMs the product stops at the first layer's output and
-    :func:`fcn_cam.head.first_layer_cells` finishes it (``method``): for many classes the
-    first layer's products are shared instead of redone per class. Classes go in chunks of
-    at most ``GRAD_VALUES`` gradient values.
+    ``method`` picks the order of the same sum:
+
+    - ``dgrad`` / ``cells``: one vector–Jacobian product per class slot ``t``, batched (the
+      grad output selects class ``classes[b, t]`` in every window). With the head run as
+      GEMMs it stops at the first layer's output and
+      :func:`fcn_cam.head.first_layer_cells` contracts the first layer in that order.
+      Classes go in chunks of at most ``GRAD_VALUES`` gradient values.
+    - ``forward``: :func:`fcn_cam.head.forward_cells`, one pass whatever the number of
+      classes (heads run as GEMMs that end in a 1×1 layer).
+    - ``auto``: the order with the fewest multiply-accumulates (:func:`cell_order`).
     """
     f, s = fw.features, fw.scores
     leaf = fw.first if fw.first is not None else f
@@ -123,6 +134,13 @@ def cell_maps_of(fw: Forward, classes: torch.Tensor, method: str = "auto") -> to
         raise ValueError("cell maps need a forward pass with cells=True")
     classes = classes.to(s.device)
     b, t = classes.shape
+    if method == "auto" and cell_order(fw, t) == "forward" or method == "forward":
+        if fw.last is None:
+            raise ValueError("the forward order needs a head run as GEMMs that ends in a 1×1 layer")
+        with torch.no_grad():
+            z = forward_cells(fw.conv, list(fw.middle), fw.first.detach(), f, fw.pad)
+            rows = fw.last.weight.detach().flatten(1)[classes].float()  # [B, T, O']
+            return torch.einsum("bhwo,bto->bthw", z, rows)
     chunk = max(1, GRAD_VALUES // leaf.numel())
     if t > chunk:
         return torch.cat([cell_maps_of(fw, classes[:, i:i + chunk], method) for i in range(0, t, chunk)], 1)
@@ -144,6 +162,30 @@ def cell_maps_of(fw: Forward, classes: torch.Tensor, method: str = "auto") -> to
     else:
         cells = (grad * f.detach()[None]).sum(2, dtype=torch.float32)  # [T, B, fh, fw]
     return cells.transpose(0, 1)
+
+
+def cell_order(fw: Forward, classes: int) -> str:
+    """``forward`` where :func:`fcn_cam.head.forward_cells` needs fewer multiply-accumulates
+    than the backward pass for ``classes`` classes, else ``auto`` (a backward order).
+
+    Per class the backward pushes every window through the layers after the first (VGG16:
+    4096×4096 and more), then contracts the first layer (:func:`first_layer_cells`'s cheaper
+    order); the forward order pushes every (window, offset) pair that sees a real cell
+    through the first layer's offset slice and the middle layers once (VGG16 at 448×673
+    with the default padding: as much as ~40 classes, then only a ``[cells, 4096]`` product
+    per class)."""
+    if fw.last is None or fw.first is None:
+        return "auto"
+    conv, f = fw.conv, fw.features
+    b, c, height, width = f.shape
+    top, bottom, left, right = fw.pad or (0, 0, 0, 0)
+    cells, windows = b * (height - top - bottom) * (width - left - right), fw.first.shape[0]
+    o, k2, middle = conv.out_channels, conv.weight[0, 0].numel(), linear_macs(list(fw.middle))
+    first = c * k2 * o
+    contract = min(classes * windows * first, cells * first + classes * windows * o * k2)  # dgrad / cells
+    backward = classes * windows * middle + contract
+    forward = real_pairs(conv, f.shape, fw.pad) * (c * o + middle) + cells * fw.last.in_channels * classes
+    return "forward" if forward < backward else "auto"
 
 
 def score_maps(fcn: FCN, batch: torch.Tensor, pad: Padding | None = None) -> torch.Tensor:

@@ -127,12 +127,13 @@ def test_gemm_head_equals_conv_head_for_scores_and_cells(make):
 
 
 
-@pytest.mark.parametrize("method", ["dgrad", "cells", "cells in blocks"])
+@pytest.mark.parametrize("method", ["dgrad", "cells", "cells in blocks", "forward"])
 @pytest.mark.parametrize("stride,pad", [(None, (3, 2, 1, 4)), (8, (2, 2, 2, 2)), (None, None)])
-def test_both_orders_of_the_first_layer_equal_the_full_backward(method, stride, pad, monkeypatch):
-    """``A_t(p) = Σ_q ⟨g_t(p − q), W₁,q F(p)⟩`` in either order equals autograd through the
-    whole head (conv mode), with padded features, dilation, a batch and 1 or 3 classes; the
-    ``cells`` order also in blocks of 5 output channels (the last one partial)."""
+def test_every_order_of_the_sum_equals_the_full_backward(method, stride, pad, monkeypatch):
+    """``A_t(p) = Σ_q ⟨g_t(p − q), W₁,q F(p)⟩`` in each order equals autograd through the
+    whole head (conv mode), with padded features, dilation, a batch and 1 or 3 classes: the
+    first layer contracted after the backward in either order (``cells`` also in blocks of 5
+    output channels, the last one partial), or every pair pushed forward (``forward``)."""
     from fcn_cam import head
     from fcn_cam.maps import cell_maps_of
 
@@ -166,7 +167,34 @@ def test_many_classes_go_in_chunks_with_the_same_maps(monkeypatch):
     torch.testing.assert_close(cell_maps_of(fw, classes), whole, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["dgrad", "cells"])
+@pytest.mark.parametrize("make", [small_vgg, prelu_vgg])
+def test_forward_order_serves_many_classes_with_the_same_maps(make):
+    """Pushing every (window, offset) pair forward once gives the backward's maps for a VGG
+    head (in-place ReLU, Dropout) and one with folded BatchNorm1d and LeakyReLU; ``auto``
+    takes it where it needs fewer multiply-accumulates (for hundreds of classes)."""
+    from fcn_cam.maps import cell_maps_of, cell_order
+
+    fcn = fcn_cam.convert(make(), NATIVE)
+    fw = forward(fcn, batch(2, 150, 130, seed=8), cells=True, pad=(2, 1, 1, 2))
+    many = torch.randint(0, 5, (2, 300), generator=torch.Generator().manual_seed(0))
+    assert cell_order(fw, 300) == "forward"
+    if make is small_vgg:  # with a 1×1 layer in the middle, one class is cheaper backwards
+        assert cell_order(fw, 1) == "auto"
+    want = cell_maps_of(fw, many, method="cells")
+    torch.testing.assert_close(cell_maps_of(fw, many), want, rtol=1e-4, atol=1e-5)
+
+
+def test_forward_order_needs_a_final_linear_layer():
+    from fcn_cam.maps import cell_maps_of, cell_order
+
+    fcn = fcn_cam.convert(ending_in_a_gate(), NATIVE)
+    fw = forward(fcn, batch(1, 150, 130, seed=9), cells=True)
+    assert cell_order(fw, 10_000) == "auto"
+    with pytest.raises(ValueError, match="ends in a 1×1 layer"):
+        cell_maps_of(fw, torch.tensor([[1]]), method="forward")
+
+
+@pytest.mark.parametrize("method", ["dgrad", "cells", "forward"])
 def test_cells_in_bf16_follow_fp32(method):
     from fcn_cam.maps import cell_maps_of
 

@@ -325,7 +325,8 @@ def _offset_major(weight: torch.Tensor, block: int = 16) -> torch.Tensor:
 
 def _is_identity(m: nn.Module) -> bool:
     """Layers that pass their input through unchanged at inference (no gate to linearize)."""
-    return isinstance(m, nn.Identity) or (isinstance(m, nn.modules.dropout._DropoutNd) and not m.training)
+    dropout = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+    return isinstance(m, nn.Identity) or (isinstance(m, dropout) and not m.training)
 
 
 def _area(span: tuple[int, int, slice, slice]) -> int:

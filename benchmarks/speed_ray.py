@@ -85,8 +85,8 @@ def run_worker(mode: str, model: str, folder: str, out: str, scale: float, cpus:
     # Once running: the images whose records arrived after the first arrival, over that time. Ray's
     # records arrive a block at a time, so the first block's (all within moments) are not counted.
     first_block = sum(t - stamps[0] < BLOCK_S for t in stamps)
-    after = len(stamps) - first_block
-    steady = after / (stamps[-1] - stamps[0]) if after else float("nan")  # nan: all came in one block
+    after = len(stamps) - first_block  # made while the records from the first block's to the last arrived
+    steady = after / (stamps[-1] - stamps[first_block - 1]) if after else float("nan")  # nan: one block
     res.update(seconds=end - start, exit_s=exited - end, first_s=stamps[0] - start, records=len(stamps),
                first_block=first_block, steady_images_per_s=steady,
                # time = start-up + images / rate: what the run cost beyond its images at that rate
@@ -133,8 +133,9 @@ def ray_vs_local(n: int = 64, arch: str = "vgg16", scale: float = 1.0, repeats: 
         same = {m: [compare(records(tmp / f"local{i}"), records(tmp / f"{m}{i}")) for i in range(repeats)]
                 for m in MODES[1:]}
 
-    def med(mode: str, key: str) -> float:
-        return median([r[key] for r in runs if r["mode"] == mode])
+    def med(mode: str, key: str) -> float:  # of the runs that have a value (nan: all in one block)
+        values = [r[key] for r in runs if r["mode"] == mode and math.isfinite(r[key])]
+        return median(values) if values else float("nan")
 
     res = {"cpu": cpu_model(), "cores": os.cpu_count(), "n": n, "arch": arch, "scale": scale,
            "ray_cpus": cpus, "runs": runs, "records": same}
@@ -152,14 +153,15 @@ def ray_vs_local(n: int = 64, arch: str = "vgg16", scale: float = 1.0, repeats: 
     return res
 
 
-def images_for(ratio: float, s_local: float, r_local: float, s_ray: float, r_ray: float) -> float | None:
+def images_for(ratio: float, s_local: float, r_local: float, s_ray: float, r_ray: float) -> int | None:
     """Fewest images for which Ray reaches ``ratio`` of the local images/s, projected from the
     model time = start-up + images / rate: (s_l + N/r_l) / (s_r + N/r_r) ≥ ratio. None if
-    Ray's rate once running is below ``ratio`` of the local one (no folder is big enough)."""
+    Ray's rate once running is below ``ratio`` of the local one (then large folders never get
+    there)."""
     per_image = 1 / r_local - ratio / r_ray
     if not per_image > 0 or not math.isfinite(s_local + s_ray):  # also nan: no rate once running
         return None
-    return max(0.0, (ratio * s_ray - s_local) / per_image)
+    return max(0, math.ceil((ratio * s_ray - s_local) / per_image))
 
 
 def report(res: dict) -> str:

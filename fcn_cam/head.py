@@ -148,6 +148,12 @@ def run_head_gemm(head: nn.Sequential, features: torch.Tensor) -> torch.Tensor:
 CELL_BLOCK = 256
 
 
+def contraction_order(classes: int, windows: int, cells: int) -> str:
+    """:func:`first_layer_cells`'s ``auto``: ``cells`` only where it needs at most half of
+    ``dgrad``'s products with the weight (its own steps run slower)."""
+    return "dgrad" if classes * windows <= 2 * cells else "cells"
+
+
 def first_layer_cells(
     conv: nn.Conv2d, grads: torch.Tensor, features: torch.Tensor, pad: tuple[int, int, int, int] | None = None,
     method: str = "auto",
@@ -176,8 +182,8 @@ def first_layer_cells(
     h, w = height - dh * (kh - 1), width - dw * (kw - 1)
     top, bottom, left, right = pad or (0, 0, 0, 0)
     hr, wr = height - top - bottom, width - left - right
-    if method == "auto":  # cells only where it saves half the products: its own steps run slower
-        method = "dgrad" if t * h * w <= 2 * hr * wr else "cells"
+    if method == "auto":
+        method = contraction_order(t, b * h * w, b * hr * wr)
     if method == "dgrad":
         # a 2-D product ([T·B·L, C·k·k]): torch.matmul would broadcast (copy) the 411 MB weight for
         # a 3-D operand
@@ -251,6 +257,7 @@ def _jvp(layer: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 PAIR_ROWS = 2048
 
 
+@torch.no_grad()  # the weights require grad; these products need none
 def forward_cells(
     conv: nn.Conv2d, middle: list[nn.Module], first: torch.Tensor, features: torch.Tensor,
     pad: tuple[int, int, int, int] | None = None,
@@ -276,7 +283,7 @@ def forward_cells(
     for i, m in enumerate(middle):
         if isinstance(m, nn.Conv2d):
             x = F.linear(x, _weight_matrix(m), m.bias)
-        elif not _is_identity(m):
+        else:
             inputs[i] = x.view(b, h, w, -1)
             x = m(x.clone())
     w1 = _offset_major(conv.weight)
@@ -300,10 +307,7 @@ def forward_cells(
             at.append((cy, cx, r0, n))
             r0 += n
         for i, m in enumerate(middle):
-            if isinstance(m, nn.Conv2d):
-                t = t @ _weight_matrix(m).T
-            elif i in gates:
-                t = _jvp(m, gates[i], t)
+            t = t @ _weight_matrix(m).T if isinstance(m, nn.Conv2d) else _jvp(m, gates[i], t)
         for cy, cx, r0, n in at:
             z[:, cy, cx] += t[r0:r0 + n].view(b, cy.stop - cy.start, cx.stop - cx.start, -1)
     return z
@@ -321,12 +325,6 @@ def _offset_major(weight: torch.Tensor, block: int = 16) -> torch.Tensor:
     for o0 in range(0, o, block):
         out[:, o0:o0 + block] = rows[o0:o0 + block].T
     return out.view(weight.shape[1], -1, o)
-
-
-def _is_identity(m: nn.Module) -> bool:
-    """Layers that pass their input through unchanged at inference (no gate to linearize)."""
-    dropout = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
-    return isinstance(m, nn.Identity) or (isinstance(m, dropout) and not m.training)
 
 
 def _area(span: tuple[int, int, slice, slice]) -> int:

@@ -36,6 +36,7 @@ from torch import nn
 
 from .head import (
     as_maps,
+    contraction_order,
     final_linear,
     first_layer,
     first_layer_cells,
@@ -66,7 +67,7 @@ class Forward(NamedTuple):
     conv: nn.Conv2d | None = None  # the head's first layer, when ``first`` is set
     last_input: torch.Tensor | None = None  # [B·h·w, O'] the last layer's input: where the graph ends
     last: nn.Conv2d | None = None  # the head's last layer (1×1), when ``last_input`` is set
-    middle: tuple[nn.Module, ...] = ()  # the layers between the first and the last, then
+    middle: tuple[nn.Module, ...] = ()  # the layers between the first and the last
 
 
 Padding = tuple[int, int, int, int]  # (top, bottom, left, right)
@@ -125,7 +126,8 @@ def cell_maps_of(fw: Forward, classes: torch.Tensor, method: str = "auto") -> to
       Classes go in chunks of at most ``GRAD_VALUES`` gradient values.
     - ``forward``: :func:`fcn_cam.head.forward_cells`, one pass whatever the number of
       classes (heads run as GEMMs that end in a 1×1 layer).
-    - ``auto``: the order with the fewest multiply-accumulates (:func:`cell_order`).
+    - ``auto``: the order with the fewest multiply-accumulates (:func:`cell_order`); the
+      backward if a middle layer has no forward-mode autograd (a custom ``Function``).
     """
     f, s = fw.features, fw.scores
     leaf = fw.first if fw.first is not None else f
@@ -134,13 +136,18 @@ def cell_maps_of(fw: Forward, classes: torch.Tensor, method: str = "auto") -> to
         raise ValueError("cell maps need a forward pass with cells=True")
     classes = classes.to(s.device)
     b, t = classes.shape
-    if method == "auto" and cell_order(fw, t) == "forward" or method == "forward":
+    if method == "forward" or method == "auto" and cell_order(fw, t) == "forward":
         if fw.last is None:
             raise ValueError("the forward order needs a head run as GEMMs that ends in a 1×1 layer")
-        with torch.no_grad():
+        try:
             z = forward_cells(fw.conv, list(fw.middle), fw.first.detach(), f, fw.pad)
+        except NotImplementedError:  # a custom layer without forward-mode autograd
+            if method == "forward":
+                raise
+        else:
             rows = fw.last.weight.detach().flatten(1)[classes].float()  # [B, T, O']
             return torch.einsum("bhwo,bto->bthw", z, rows)
+        method = "auto"
     chunk = max(1, GRAD_VALUES // leaf.numel())
     if t > chunk:
         return torch.cat([cell_maps_of(fw, classes[:, i:i + chunk], method) for i in range(0, t, chunk)], 1)
@@ -182,9 +189,14 @@ def cell_order(fw: Forward, classes: int) -> str:
     cells, windows = b * (height - top - bottom) * (width - left - right), fw.first.shape[0]
     o, k2, middle = conv.out_channels, conv.weight[0, 0].numel(), linear_macs(list(fw.middle))
     first = c * k2 * o
-    contract = min(classes * windows * first, cells * first + classes * windows * o * k2)  # dgrad / cells
+    if contraction_order(classes, windows, cells) == "dgrad":
+        contract = classes * windows * first
+    else:
+        contract = cells * first + classes * windows * o * k2
     backward = classes * windows * middle + contract
-    forward = real_pairs(conv, f.shape, fw.pad) * (c * o + middle) + cells * fw.last.in_channels * classes
+    # the gates' inputs (the middle layers again over the windows), the pairs, every class on the grid
+    forward = windows * middle + real_pairs(conv, f.shape, fw.pad) * (c * o + middle) \
+        + b * height * width * fw.last.in_channels * classes
     return "forward" if forward < backward else "auto"
 
 

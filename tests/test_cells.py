@@ -140,6 +140,7 @@ def test_every_order_of_the_sum_equals_the_full_backward(method, stride, pad, mo
     if method == "cells in blocks":
         method = "cells"
         monkeypatch.setattr(head, "CELL_BLOCK", 5)
+    monkeypatch.setattr(head, "PAIR_ROWS", 7)  # the forward order: pairs in many groups
     fcn = fcn_cam.convert(prelu_vgg(), NATIVE, output_stride=stride)
     x = batch(2, 90, 110, seed=6)
     for classes in (torch.tensor([[2], [0]]), torch.tensor([[3, 0, 4], [1, 4, 2]])):
@@ -167,11 +168,22 @@ def test_many_classes_go_in_chunks_with_the_same_maps(monkeypatch):
     torch.testing.assert_close(cell_maps_of(fw, classes), whole, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("make", [small_vgg, prelu_vgg])
+def deep_smooth_vgg() -> nn.Sequential:
+    """small_vgg with two hidden layers in the middle of the head and smooth gates."""
+    model = small_vgg()
+    model.classifier = nn.Sequential(
+        nn.Linear(32 * 4 * 4, 48), nn.GELU(), nn.Linear(48, 40), nn.Tanh(), nn.Linear(40, 32),
+        nn.ELU(inplace=True), nn.Linear(32, 5),
+    )
+    return model.eval()
+
+
+@pytest.mark.parametrize("make", [small_vgg, prelu_vgg, deep_smooth_vgg])
 def test_forward_order_serves_many_classes_with_the_same_maps(make):
-    """Pushing every (window, offset) pair forward once gives the backward's maps for a VGG
-    head (in-place ReLU, Dropout) and one with folded BatchNorm1d and LeakyReLU; ``auto``
-    takes it where it needs fewer multiply-accumulates (for hundreds of classes)."""
+    """Pushing every (window, offset) pair forward once gives the backward's maps: a VGG head
+    (in-place ReLU; convert drops Dropout), folded BatchNorm1d and LeakyReLU, and three
+    layers in the middle with smooth gates (both orders linearize them at the same point);
+    ``auto`` takes it where it needs fewer multiply-accumulates (for hundreds of classes)."""
     from fcn_cam.maps import cell_maps_of, cell_order
 
     fcn = fcn_cam.convert(make(), NATIVE)
@@ -182,6 +194,39 @@ def test_forward_order_serves_many_classes_with_the_same_maps(make):
         assert cell_order(fw, 1) == "auto"
     want = cell_maps_of(fw, many, method="cells")
     torch.testing.assert_close(cell_maps_of(fw, many), want, rtol=1e-4, atol=1e-5)
+
+
+class _NoJvpGate(torch.autograd.Function):
+    """A ReLU with a backward but no forward-mode rule, as custom layers often are."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (x > 0)
+
+
+class NoJvpReLU(nn.Module):
+    def forward(self, x):
+        return _NoJvpGate.apply(x)
+
+
+def test_auto_falls_back_to_the_backward_for_layers_without_forward_autograd():
+    from fcn_cam.maps import cell_maps_of, cell_order
+
+    model = small_vgg()
+    model.classifier[1] = NoJvpReLU()
+    fcn = fcn_cam.convert(model, NATIVE)
+    fw = forward(fcn, batch(1, 150, 130, seed=10), cells=True, pad=(1, 1, 1, 1))
+    many = torch.randint(0, 5, (1, 300), generator=torch.Generator().manual_seed(1))
+    assert cell_order(fw, 300) == "forward"
+    torch.testing.assert_close(cell_maps_of(fw, many), cell_maps_of(fw, many, method="cells"))
+    with pytest.raises(NotImplementedError):
+        cell_maps_of(fw, many, method="forward")
 
 
 def test_forward_order_needs_a_final_linear_layer():

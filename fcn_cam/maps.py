@@ -176,11 +176,11 @@ def cell_order(fw: Forward, classes: int) -> str:
     than the backward pass for ``classes`` classes, else ``auto`` (a backward order).
 
     Per class the backward pushes every window through the layers after the first (VGG16:
-    4096×4096 and more), then contracts the first layer (:func:`first_layer_cells`'s cheaper
-    order); the forward order pushes every (window, offset) pair that sees a real cell
-    through the first layer's offset slice and the middle layers once (VGG16 at 448×673
-    with the default padding: as much as ~40 classes, then only a ``[cells, 4096]`` product
-    per class)."""
+    4096×4096 and more), then contracts the first layer in the order
+    :func:`first_layer_cells` takes (``contraction_order``); the forward order pushes every
+    (window, offset) pair that sees a real cell through the first layer's offset slice and
+    the middle layers once (VGG16 at 448×673 with the default padding: as much as ~40
+    classes, then only a ``[cells, 4096]`` product per class)."""
     if fw.last is None or fw.first is None:
         return "auto"
     conv, f = fw.conv, fw.features

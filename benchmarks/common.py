@@ -34,21 +34,34 @@ def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, plus its AMX / AVX-512 bf16 flags."""
-    name, flags = "", set()
+#: CPU flags that decide which kernels run (bf16 units: AMX or AVX512_BF16).
+FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_bf16",
+         "amx_tile", "amx_int8")
+
+
+def _cpuinfo(key: str) -> str:
+    """The first ``key`` line's value in /proc/cpuinfo, or ''."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and not name:
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith(key)), "")
     except OSError:
-        pass
-    name = name or platform.processor() or "unknown"
-    extra = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return f"{name} [{' '.join(extra)}]" if extra else name
+        return ""
+
+
+def cpu_flags() -> list[str]:
+    """The performance-relevant flags (``FLAGS``) of the first CPU in /proc/cpuinfo."""
+    have = set(_cpuinfo("flags").split())
+    return [x for x in FLAGS if x in have]
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo."""
+    return _cpuinfo("model name") or platform.processor() or "unknown"
+
+
+def cpu_line() -> str:
+    """The CPU as every result names it: model and the flags that decide the kernels."""
+    return f"{cpu_model()}; flags: {' '.join(cpu_flags()) or 'unknown'}"
 
 
 def other_heavy_processes(min_cpu: float = 20.0) -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import ForeignLoad, cpu_model
+from common import ForeignLoad, cpu_line
 from loc import fcnmaps, methods, report, scoring, selection
 from loc.fcnmaps import KINDS, Config, config_maps, pick
 
@@ -304,7 +304,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "minutes": elapsed / 60,
         "machine": {
-            "cpu": cpu_model(),
+            "cpu": cpu_line(),
             "cores": os.cpu_count(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,

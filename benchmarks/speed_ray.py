@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 try:
-    from benchmarks.common import ForeignLoad, cpu_model, median, other_heavy_processes, photo_variants, table
+    from benchmarks.common import ForeignLoad, cpu_line, median, other_heavy_processes, photo_variants, table
 except ImportError:  # run as a script from benchmarks/
-    from common import ForeignLoad, cpu_model, median, other_heavy_processes, photo_variants, table
+    from common import ForeignLoad, cpu_line, median, other_heavy_processes, photo_variants, table
 
 
 #: The local CLI; Ray on a fresh instance (its first Ray Data job); Ray on one that has run Ray Data.
@@ -137,7 +137,7 @@ def ray_vs_local(n: int = 64, arch: str = "vgg16", scale: float = 1.0, repeats: 
         values = [r[key] for r in runs if r["mode"] == mode and math.isfinite(r[key])]
         return median(values) if values else float("nan")
 
-    res = {"cpu": cpu_model(), "cores": os.cpu_count(), "n": n, "arch": arch, "scale": scale,
+    res = {"cpu": cpu_line(), "cores": os.cpu_count(), "n": n, "arch": arch, "scale": scale,
            "ray_cpus": cpus, "runs": runs, "records": same}
     for m in MODES:
         res[m] = {k: med(m, k) for k in ("images_per_s", "steady_images_per_s", "startup_s")}

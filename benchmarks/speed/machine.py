@@ -8,31 +8,14 @@ import platform
 import torch
 import torchvision
 
-from benchmarks.common import cpu_model, matmul_rate, table
+from benchmarks.common import cpu_flags, cpu_line, cpu_model, matmul_rate, table
 
 from .core import Bench, timeboxed
-
-# flags that decide which kernels run (bf16 units: AMX or AVX512_BF16)
-FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_bf16",
-         "amx_tile", "amx_int8")
-
-
-def cpu_flags() -> list[str]:
-    """The performance-relevant flags of the first CPU in /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [x for x in FLAGS if x in have]
-    except OSError:
-        pass
-    return []
 
 
 def describe() -> str:
     """One line: CPU model, flags, cores, torch capability and versions (for every result)."""
-    return (f"{cpu_model()}; flags: {' '.join(cpu_flags()) or 'unknown'}; {os.cpu_count()} cores; "
+    return (f"{cpu_line()}; {os.cpu_count()} cores; "
             f"torch {torch.__version__} (CPU capability {torch.backends.cpu.get_cpu_capability()}, "
             f"{torch.get_num_threads()} threads), torchvision {torchvision.__version__}, "
             f"Python {platform.python_version()}")

@@ -19,7 +19,7 @@ _PUBLIC = {
     "Geometry": "geometry", "align": "geometry", "stretch": "geometry",
     "ModelFileError": "modelfile", "load": "modelfile", "save": "modelfile",
     "prepare": "runtime",
-    "FCN": "surgery", "ConversionError": "surgery", "convert": "surgery",
+    "FCN": "surgery", "ConversionError": "errors", "convert": "conversion",
 }
 __all__ = [
     "FCN", "ConversionError", "Explanation", "Geometry", "ModelFileError",
@@ -28,11 +28,12 @@ __all__ = [
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .conversion import convert
+    from .errors import ConversionError
     from .explanation import Explanation, explain, explain_files
     from .geometry import Geometry, align, stretch
     from .modelfile import ModelFileError, load, save
     from .runtime import prepare
-    from .surgery import FCN, ConversionError, convert
 
 
 def __getattr__(name: str) -> Any:

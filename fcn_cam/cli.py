@@ -32,9 +32,9 @@ app = typer.Typer(
 
 def expected_errors() -> tuple[type[Exception], ...]:
     """The errors a command reports as one line (bad input, not a bug)."""
+    from .errors import ConversionError
     from .modelfile import ModelFileError
     from .outputs import OutputError
-    from .surgery import ConversionError
     from .zoo import WeightsError
 
     return ModelFileError, WeightsError, ConversionError, ValueError, FileExistsError, OutputError

@@ -19,10 +19,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .conversion import convert
+from .errors import ConversionError
 from .files import write_atomic
 from .geometry import Geometry
+from .layers import ChannelSoftmax
 from .names import ARCHS
-from .surgery import FCN, ChannelSoftmax, ConversionError, convert, set_output_stride
+from .surgery import FCN, set_output_stride
 
 FORMAT, VERSION = "fcn-cam", 1
 

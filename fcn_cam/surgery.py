@@ -17,77 +17,38 @@ probing the layer, not by a list); constant per-channel affine maps (BatchNorm1d
 ONNX ``Mul``/``Add``) are folded into the neighbouring Linear. A model that flattens its
 features in another order than C, H, W (Keras: H, W, C) says so with ``flatten_order``.
 
-Every conversion is checked against the original logits on probe inputs.
+Surgery converts a :class:`~fcn_cam.layout.Layout` (body, pool, head layers, flatten order)
+and imports no importer: :mod:`fcn_cam.importers` turn models into layouts and
+:func:`fcn_cam.conversion.convert` hands their result here. Every conversion is checked
+against the original logits on probe inputs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import itertools
-import sys
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
+from .errors import ConversionError
 from .geometry import PADS, SHORTCUT_NAMES, Geometry, map_size, spatial_layers
 from .head import run_head
+from .layers import (
+    PIECEWISE_LINEAR,
+    SKIPPED,
+    SOFTMAX,
+    ChannelAffine,
+    ChannelSoftmax,
+    channelwise,
+    eval_mode,
+    shared_copy,
+)
+from .layout import Layout, check_flatten_order
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-SKIPPED = (nn.Dropout, nn.Identity, nn.Flatten)
-SOFTMAX = (nn.Softmax, nn.LogSoftmax)
-FLATTEN_ORDERS = tuple("".join(p) for p in itertools.permutations("chw"))
-# Head activations whose maps are piecewise linear in the features (cell maps are exact).
-PIECEWISE_LINEAR = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ReLU6, nn.Hardtanh)
-
-
-class ConversionError(ValueError):
-    """The model cannot be converted (unsupported shape) or failed the exactness check."""
-
-
-class ChannelSoftmax(nn.Module):
-    """Softmax (or log-softmax) over the class channels of ``[B, K, h, w]`` maps: channel-wise,
-    i.e. ``p_k(x, y) = exp(s_k(x, y)) / Σ_j exp(s_j(x, y))`` at every cell independently."""
-
-    def __init__(self, log: bool = False) -> None:
-        super().__init__()
-        self.log = log
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.log_softmax(1) if self.log else x.softmax(1)
-
-
-class ChannelAffine(nn.Module):
-    """``y = scale·x + shift`` per channel (dim 1): an importer's constant ``Mul``/``Add``.
-    Never left in a converted head: it is folded into the neighbouring Linear."""
-
-    def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("scale", scale)
-        self.register_buffer("shift", shift)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        view = (1, -1) + (1,) * (x.dim() - 2)
-        return x * self.scale.reshape(view) + self.shift.reshape(view)
-
-
-@contextmanager
-def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """Put ``module`` in eval mode, restoring each submodule's training flag on exit."""
-    flags = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        yield module
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
-
 
 class FCN(nn.Module):
     """A fully-convolutional classifier: ``[B, 3, H, W]`` images → ``[B, K, h, w]`` maps.
@@ -141,67 +102,6 @@ class FCN(nn.Module):
         return tuple(self.info["input_size"])
 
 
-@dataclass
-class _Split:
-    body: nn.Module
-    pool: nn.Module | None
-    head: list[nn.Module]
-    flatten_order: str | None = None  # stated by the model (a Permute before the flatten)
-
-
-def _is_permute(m: nn.Module) -> bool:
-    """A ``torchvision.ops.Permute`` (without importing torchvision: a model holding one has)."""
-    tv = sys.modules.get("torchvision")
-    return tv is not None and isinstance(m, tv.ops.Permute)
-
-
-def _leaves(modules: Sequence[nn.Module]) -> list[nn.Module]:
-    out: list[nn.Module] = []
-    for m in modules:
-        out.extend(_leaves(list(m.children())) if isinstance(m, nn.Sequential) else [m])
-    return out
-
-
-def permute_order(dims: Sequence[int]) -> str:
-    """Flatten order of ``x.permute(dims).flatten(1)`` for ``[B, C, H, W]`` features:
-    ``permute(0, 2, 3, 1)`` → ``"hwc"`` (Keras), ``permute(0, 3, 2, 1)`` → ``"whc"`` (Caffe ports)."""
-    dims = [d % 4 for d in dims]
-    if len(dims) != 4 or dims[0] != 0 or sorted(dims) != [0, 1, 2, 3]:
-        raise ConversionError(f"permute{tuple(dims)} before the flatten moves the batch axis")
-    return "".join("bchw"[d] for d in dims[1:])
-
-
-def split(model: nn.Module) -> _Split:
-    """Find the convolutional body, the pooling and the head layers of a classifier."""
-    if isinstance(model, nn.Sequential):
-        children = list(model.named_children())
-        flat = [i for i, (_, c) in enumerate(children) if isinstance(c, nn.Flatten)]
-        if not flat:
-            raise ConversionError(
-                "expected an nn.Sequential with an nn.Flatten between the convolutional part "
-                f"and the Linear head; found no nn.Flatten among {[type(c).__name__ for _, c in children]}"
-            )
-        body = children[: flat[0]]
-        order = None
-        if body and _is_permute(body[-1][1]):
-            order = permute_order(body.pop()[1].dims)
-        pool = None
-        if body and isinstance(body[-1][1], (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-            pool = body.pop()[1]
-        head = _leaves([c for _, c in children[flat[0] + 1 :]])
-        return _Split(nn.Sequential(OrderedDict(body)), pool, head, order)
-    if hasattr(model, "features") and hasattr(model, "classifier"):  # VGG, AlexNet
-        return _Split(model.features, getattr(model, "avgpool", None), _leaves([model.classifier]))
-    if all(hasattr(model, n) for n in ("conv1", "layer4", "avgpool", "fc")):  # ResNet
-        body = [(n, c) for n, c in model.named_children() if n not in ("avgpool", "fc")]
-        return _Split(nn.Sequential(OrderedDict(body)), model.avgpool, _leaves([model.fc]))
-    raise ConversionError(
-        f"cannot find the head of {type(model).__name__}: expected `features` + `classifier` "
-        "(VGG/AlexNet), a ResNet (`conv1` … `layer4`, `avgpool`, `fc`), or an nn.Sequential "
-        "containing nn.Flatten"
-    )
-
-
 def _affine(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(a, c)`` with ``layer(x) = a·x + c`` per channel, for BatchNorm1d (eval) and ChannelAffine.
 
@@ -216,22 +116,6 @@ def _affine(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
         c = (layer.bias if layer.affine else 0) - a * layer.running_mean
         return a.detach().double(), c.detach().double()
     return None
-
-
-@torch.no_grad()
-def channelwise(layer: nn.Module, channels: int, like: torch.Tensor) -> bool:
-    """Whether ``layer`` maps ``[B, C]`` vectors and ``[B, C, h, w]`` maps the same way at every
-    position (ReLU, PReLU with 1 or C slopes, GELU, …): probed on random values, in eval mode."""
-    g = torch.Generator().manual_seed(0)
-    x = (torch.randn(2, channels, 2, 3, generator=g) * 3).to(like.device, like.dtype)
-    vec = x.permute(0, 2, 3, 1).reshape(-1, channels)
-    try:
-        with eval_mode(layer):
-            maps, vecs = layer(x.clone()), layer(vec.clone())
-    except Exception:  # noqa: BLE001 - any failure on maps means "not channel-wise"
-        return False
-    return (isinstance(maps, torch.Tensor) and maps.shape == x.shape and vecs.shape == vec.shape
-            and torch.allclose(maps.permute(0, 2, 3, 1).reshape(-1, channels), vecs, rtol=1e-5, atol=1e-6))
 
 
 def _fold_head(
@@ -305,32 +189,21 @@ def _conv(
     return conv
 
 
-def shared_copy(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` whose parameters and buffers share storage with the original's.
-
-    The modules are new (surgery may change their strides and dilations) and so are the
-    Parameter objects (``prepare``'s dtype and memory-format changes rebind only the
-    copy's), but no weight is duplicated: VGG16's 528 MB are not held twice.
-    """
-    memo = {id(p): nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in module.parameters()}
-    memo.update({id(b): b for b in module.buffers()})
-    return copy.deepcopy(module, memo)
-
-
 def _feature_shape(body: nn.Module, size: tuple[int, int], like: torch.Tensor) -> tuple[int, ...]:
     with torch.no_grad(), eval_mode(body):
         return tuple(body(torch.zeros(1, 3, *size, device=like.device, dtype=like.dtype)).shape[1:])
 
 
 def _build_head(
-    s: _Split, input_size: tuple[int, int], ref: torch.Tensor, order: str
+    body: nn.Module, pool: nn.Module | None, head: list[nn.Module], input_size: tuple[int, int],
+    ref: torch.Tensor, order: str,
 ) -> tuple[nn.Sequential, str]:
-    ops = _fold_head(s.head, ref)
+    ops = _fold_head(head, ref)
     linears = [op for op in ops if isinstance(op, tuple)]
     if not linears:
         raise ConversionError("the head has no Linear layer")
-    c, h, w = _feature_shape(s.body, input_size, ref)
-    gap = isinstance(s.pool, nn.AdaptiveAvgPool2d) and s.pool.output_size in (1, (1, 1))
+    c, h, w = _feature_shape(body, input_size, ref)
+    gap = isinstance(pool, nn.AdaptiveAvgPool2d) and pool.output_size in (1, (1, 1))
     if gap and len(linears) > 1:
         raise ConversionError(
             "global average pooling followed by several Linear layers: neither CAM (one Linear "
@@ -340,8 +213,8 @@ def _build_head(
         kernel = (1, 1)
     else:
         kernel = (h, w)
-        if s.pool is not None:
-            target = s.pool.output_size
+        if pool is not None:
+            target = pool.output_size
             target = (target, target) if isinstance(target, int) else tuple(target)
             target = tuple(t if t is not None else f for t, f in zip(target, (h, w)))
             if target != (h, w):
@@ -424,24 +297,6 @@ def _unstride(layer: nn.Module) -> None:
     layer.stride = (1, 1) if isinstance(layer, nn.Conv2d) else 1
 
 
-class _Tap(nn.Module):
-    """``model``'s input to ``layer`` (e.g. the logits entering a final Softmax), by a hook
-    that lives only during the call."""
-
-    def __init__(self, model: nn.Module, layer: nn.Module) -> None:
-        super().__init__()
-        self.model, self.layer = model, layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        seen = []
-        handle = self.layer.register_forward_hook(lambda m, i, o: seen.append(i[0]))
-        try:
-            self.model(x)
-        finally:
-            handle.remove()
-        return seen[-1]
-
-
 @torch.no_grad()
 def check(
     reference: Callable[[torch.Tensor], torch.Tensor], fcn: FCN, input_size: tuple[int, int],
@@ -479,21 +334,12 @@ def check(
     }
 
 
-def _is_known_layout(model: nn.Module) -> bool:
-    try:
-        split(model)
-    except ConversionError:
-        return False
-    return True
-
-
-def convert(
-    model: nn.Module,
+def convert_layout(
+    layout: Layout,
     input_size: int | tuple[int, int] = 224,
     *,
     flatten_order: str | None = None,
     keep_softmax: bool = False,
-    output: int | str | None = None,
     output_stride: int | None = None,
     class_names: Sequence[str] | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -504,89 +350,45 @@ def convert(
     verify: bool = True,
     reference: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> FCN:
-    """Rewrite a classifier's head as convolutions so it returns class score maps.
+    """Rewrite a :class:`Layout`'s head as convolutions and check the result.
 
-    Args:
-        model: a VGG/AlexNet-like net (``features``, optional adaptive pool,
-            ``classifier``), a ResNet, an ``nn.Sequential`` with an ``nn.Flatten`` (optionally
-            after a ``torchvision.ops.Permute``), timm's VGG, or any net that torch.fx can
-            trace to ``convolutional chain → [permute] → flatten → head``. It is not modified;
-            the converted net shares its weights' storage wherever the values are the same
-            (no second copy of VGG16's 528 MB), so an in-place change to one model's weights
-            shows in the other (``copy.deepcopy`` the result to separate them).
-        input_size: the model's native input size (where its adaptive pool, if any, is
-            the identity).
-        flatten_order: the order, outermost first, in which the model flattens its
-            ``C×H×W`` features before the first Linear: ``"chw"`` (PyTorch), ``"hwc"``
-            (Keras/TF), ``"whc"`` (``permute(0, 3, 2, 1)``, Caffe ports), … Read from the
-            model when it permutes; ``"chw"`` otherwise.
-        keep_softmax: keep a final Softmax/LogSoftmax as a channel-wise softmax over the
-            class maps (checked on probabilities); by default it is dropped, recorded in
-            ``info["dropped"]``, and exactness is checked on the logits before it.
-        output: for a model whose ``forward`` returns several outputs, which one holds the
-            class logits (index, or key of a returned dict).
-        output_stride: a finer stride for the maps (e.g. 16 or 8 for VGG), by dilation.
-        class_names, mean, std: metadata used by :func:`fcn_cam.explain`.
-        arch, weights: provenance labels stored with the model.
-        tolerance: the largest accepted ``max|logits - maps| / max|logits|``.
-        verify: check against the original logits (only skipped when rebuilding a
-            saved model whose check is on record).
-        reference: what the maps must reproduce, ``[B, 3, H, W] → [B, K]`` (default: the
-            model; importers pass e.g. onnxruntime on the original file). It must return
-            the logits before a Softmax that is dropped.
-
-    Returns:
-        An :class:`FCN` on the model's device with ``info["exactness"]`` recorded.
+    The arguments are :func:`fcn_cam.convert`'s (which reads the layout off a model and
+    calls this); ``reference`` defaults to ``layout.original``, or to ``layout.logits``
+    when a final softmax is dropped. The layout is not modified.
 
     Raises:
-        ConversionError: unsupported architecture or failed exactness check; the message
-            names the layer and the argument that would help.
+        ConversionError: unsupported head or failed exactness check; the message names the
+            layer and the argument that would help.
     """
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    if flatten_order is not None and flatten_order not in FLATTEN_ORDERS:
-        raise ConversionError(
-            f"flatten_order {flatten_order!r}: expected a permutation of c, h, w ({', '.join(FLATTEN_ORDERS)})"
-        )
-    full = model  # what the maps reproduce when a final softmax is kept
-    logits = None  # the original's output before a final softmax, where the importer has it
-    conv_head: list[nn.Module] = []  # conv layers of the original head (timm's ConvMlp)
-    from .importers import timm as timm_vgg
-
-    if timm_vgg.is_timm_vgg(model):
-        model, conv_head = timm_vgg.plain(model)
-    elif output is not None or not _is_known_layout(model):
-        from .importers.fx import plain as fx_plain
-
-        p = fx_plain(model, size, output=output)
-        model, full, logits = p.module, p.outputs, p.logits
-        if flatten_order is not None and p.flatten_order not in (None, flatten_order):
+    check_flatten_order(flatten_order)
+    if flatten_order is not None and layout.flatten_order not in (None, flatten_order):
+        if layout.permute_node is not None:
             raise ConversionError(
-                f"the model permutes its features to flatten order {p.flatten_order!r} "
-                f"(node {p.permute_node}) but flatten_order={flatten_order!r} was given; drop the argument"
+                f"the model permutes its features to flatten order {layout.flatten_order!r} "
+                f"(node {layout.permute_node}) but flatten_order={flatten_order!r} was given; drop the argument"
             )
-        flatten_order = flatten_order or p.flatten_order
-    ref = next(model.parameters()).detach()
-    s = split(model)
-    if flatten_order is not None and s.flatten_order not in (None, flatten_order):
         raise ConversionError(
-            f"the model's Permute gives flatten order {s.flatten_order!r} but flatten_order="
+            f"the model's Permute gives flatten order {layout.flatten_order!r} but flatten_order="
             f"{flatten_order!r} was given; drop the argument"
         )
-    order = flatten_order or s.flatten_order or "chw"
+    order = flatten_order or layout.flatten_order or "chw"
+    ref = next(layout.parameters()).detach()
+    head_layers = list(layout.head)
     dropped, softmax = [], None
-    if s.head and isinstance(s.head[-1], SOFTMAX):
-        softmax = s.head.pop()
+    if head_layers and isinstance(head_layers[-1], SOFTMAX):
+        softmax = head_layers.pop()
         if keep_softmax:
             if softmax.dim not in (1, -1, None):
                 raise ConversionError(f"{type(softmax).__name__}(dim={softmax.dim}) is not over the classes")
-            s.head.append(ChannelSoftmax(log=isinstance(softmax, nn.LogSoftmax)))
+            head_layers.append(ChannelSoftmax(log=isinstance(softmax, nn.LogSoftmax)))
         else:
             dropped.append(type(softmax).__name__)
-    if conv_head:
-        s.body = nn.Sequential(s.body, *conv_head)
-    head, kind = _build_head(s, size, ref, order)
-    features = shared_copy(s.body)
-    if conv_head:  # the head's convolutions go back to the head, after the features
+    # a convolutional prefix of the head runs on the features: measured and copied with the body
+    body = nn.Sequential(layout.body, *layout.conv_head) if layout.conv_head else layout.body
+    head, kind = _build_head(body, layout.pool, head_layers, size, ref, order)
+    features = shared_copy(body)
+    if layout.conv_head:  # the head's convolutions go back to the head, after the features
         moved = list(features.children())[1:]
         features = features[0]
         head = nn.Sequential(*moved, *head)
@@ -595,7 +397,7 @@ def convert(
             f"{len(class_names)} class names for {_classes(head)} classes"
         )
     info = {
-        "arch": arch or type(full).__name__,
+        "arch": arch or layout.arch or type(layout.body).__name__,
         "weights": weights,
         "head": kind,
         "input_size": list(size),
@@ -616,10 +418,13 @@ def convert(
         set_output_stride(fcn, output_stride)
     if verify:
         if reference is None:
-            if softmax is None or keep_softmax:
-                reference = full
-            else:
-                reference = logits if logits is not None else _Tap(model, softmax)
+            logits = softmax is not None and not keep_softmax
+            reference = layout.logits if logits else layout.original
+            if reference is None:
+                raise ConversionError(
+                    "the layout gives no " + ("logits before its final softmax" if logits else "original model")
+                    + " to check the maps against; pass reference= (or verify=False)"
+                )
         result = check(reference, fcn, size)
         info["exactness"] = result
         if result["rel_diff"] > tolerance or not result["top1_agree"]:

@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .conversion import convert
 from .names import ARCHS, DEMOS, NAMES  # noqa: F401 (the registry's names, torch-free for the CLI's help)
 from .runtime import resolve_device
-from .surgery import FCN, IMAGENET_MEAN, IMAGENET_STD, convert
+from .surgery import FCN, IMAGENET_MEAN, IMAGENET_STD
 
 RANDOM = "random"
 

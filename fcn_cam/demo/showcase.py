@@ -18,11 +18,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..conversion import convert
 from ..explanation import Settings, explain, explain_files
 from ..files import write_atomic
 from ..gradcam import grad_cam
 from ..outputs import OutputDir
-from ..surgery import FCN, convert
+from ..surgery import FCN
 from .scenes import CLASS_NAMES, scenes
 from .twins import INPUT_SIZE, MEAN, STD, preprocess, twins
 

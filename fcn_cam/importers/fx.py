@@ -1,4 +1,4 @@
-"""torch.fx importer: a traceable classifier → ``Sequential(body…, [pool], Flatten, head…)``.
+"""torch.fx importer: a traceable classifier → :class:`~fcn_cam.layout.Layout`.
 
 The model is traced and run once on a probe input; every node's value is recorded. The
 path from the input to the chosen output must be one chain of tensors (no branches) with a
@@ -11,39 +11,29 @@ recognised by what it computes on the probe, not by its name:
   function: ``F.relu`` → ``nn.ReLU``, ``F.max_pool2d`` → ``nn.MaxPool2d``, ``F.pad`` →
   ``nn.ConstantPad2d``), checked to reproduce the node's recorded output;
 - after it, a node that is affine per feature (``x·a + c``: ``Mul``/``Add`` with constants,
-  batch-norm) becomes :class:`~fcn_cam.surgery.ChannelAffine`; one that is affine across
+  batch-norm) becomes :class:`~fcn_cam.layers.ChannelAffine`; one that is affine across
   features (``Linear``, ``F.linear``, ``MatMul``, ``Gemm``) becomes ``nn.Linear`` with the
   matrix read off by probing with unit vectors; a final softmax over the features becomes
   ``nn.Softmax(1)``; anything else is kept as a module for surgery to test channel-wise.
 
-Surgery then converts the plain module and checks it against the traced original.
+Surgery then converts the layout and checks it against the traced original.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 from torch import nn
 
+from ..errors import ConversionError
 from ..geometry import SPATIAL
-from ..surgery import ChannelAffine, ConversionError, channelwise, eval_mode
+from ..layers import SOFTMAX, ChannelAffine, channelwise, eval_mode, leaves
+from ..layout import Layout, permute_order
 
 BATCH = 2  # the probe's batch size: tells data tensors from shape arithmetic
-
-
-@dataclass
-class Plain:
-    """What the importer hands to surgery."""
-
-    module: nn.Sequential  # body…, [pool], Flatten, head…
-    flatten_order: str | None  # from a permute before the flatten, else None
-    permute_node: str | None
-    outputs: nn.Module  # the original, restricted to the chosen output (NCHW input)
-    logits: nn.Module | None  # the original up to the input of a final softmax
 
 
 class _ChannelsLast(nn.Module):
@@ -315,14 +305,17 @@ class _Importer:
         )
 
 
-def plain(
+def to_layout(
     model: nn.Module,
     input_size: tuple[int, int],
     *,
     output: int | str | None = None,
     channels_last: bool = False,
-) -> Plain:
-    """Trace ``model`` and rewrite it as ``Sequential(body…, [pool], Flatten, head…)``.
+) -> Layout:
+    """Trace ``model`` and read it as a :class:`Layout`: body layers, pool, head layers.
+
+    The layout's ``original`` is the traced model restricted to the chosen output (NCHW
+    input), its ``logits`` the same up to the input of a final softmax.
 
     Args:
         model: an ``nn.Module`` torch.fx can trace (or a ``GraphModule``, e.g. from onnx2torch).
@@ -406,7 +399,7 @@ def plain(
     if j >= start:
         perm = _permutation(values[inputs[chain[j]]], values[chain[j]])
         if perm is not None and not gap:
-            order = "".join("bchw"[d] for d in perm[1:])
+            order = permute_order(perm)
             body_end, permute_node = j, chain[j].name
     body: list[tuple[str, nn.Module]] = []
     for n in chain[start:body_end]:
@@ -425,16 +418,21 @@ def plain(
         layer = imp.head_layer(chain[i], inputs[chain[i]], last=i == len(chain) - 1)
         if layer is not None:
             head.append((chain[i].name, layer))
+    pool = None
     if gap:
-        body.append(("pool", nn.AdaptiveAvgPool2d(1)))
-    module = nn.Sequential(OrderedDict([*body, ("flatten", nn.Flatten()), *head]))
-    softmax = head and isinstance(head[-1][1], (nn.Softmax, nn.LogSoftmax))
+        pool = nn.AdaptiveAvgPool2d(1)
+    elif body and isinstance(body[-1][1], (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        pool = body.pop()[1]  # e.g. VGG's avgpool: bypassed by FC surgery (identity at input_size)
+    layers = leaves([layer for _, layer in head])
     outputs = _ChannelsLast(gm) if channels_last else gm
     logits = None
-    if softmax:
+    if layers and isinstance(layers[-1], SOFTMAX):
         logits = _with_output(gm, inputs[chain[-1]])
         logits = _ChannelsLast(logits) if channels_last else logits
-    return Plain(module, order, permute_node, outputs, logits)
+    return Layout(
+        nn.Sequential(OrderedDict(body)), pool, layers, order, original=outputs, logits=logits,
+        permute_node=permute_node, arch=type(outputs).__name__,
+    )
 
 
-__all__ = ["Plain", "plain", "trace"]
+__all__ = ["to_layout", "trace"]

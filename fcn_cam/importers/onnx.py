@@ -1,11 +1,12 @@
 """ONNX importer: a VGG-like classifier exported from Keras/TF or PyTorch → an :class:`FCN`.
 
 onnx2torch turns the graph into a torch.fx ``GraphModule``; the fx importer reads the chain
-(NHWC input permute absorbed, ``Reshape`` with or without a ``Shape``/``Gather``/``Concat``
-subgraph as the flatten, ``Gemm`` or ``MatMul`` + ``Add`` as Linear, ``Mul`` + ``Add``
-batch-norm folded, a final ``Softmax`` dropped and recorded); surgery converts it and checks
-the maps against onnxruntime running the ONNX file itself (on the logits entering the final
-Softmax, made an extra graph output; on the probabilities with ``keep_softmax``).
+as a :class:`~fcn_cam.layout.Layout` (NHWC input permute absorbed, ``Reshape`` with or
+without a ``Shape``/``Gather``/``Concat`` subgraph as the flatten, ``Gemm`` or ``MatMul`` +
+``Add`` as Linear, ``Mul`` + ``Add`` batch-norm folded, a final ``Softmax`` dropped and
+recorded); the layout's references become onnxruntime running the ONNX file itself (on
+the logits entering the final Softmax, made an extra graph output; on the probabilities
+with ``keep_softmax``) and :func:`fcn_cam.convert` converts it and checks the maps against them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..surgery import FCN, IMAGENET_MEAN, IMAGENET_STD, ConversionError, convert
+from ..conversion import convert
+from ..errors import ConversionError
+from ..surgery import FCN, IMAGENET_MEAN, IMAGENET_STD
 from . import fx
 
 
@@ -149,21 +152,25 @@ def convert_onnx(
             f"{path}: onnx2torch cannot read the graph ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
         ) from None
     index = [o.name for o in graph.output].index(out_name)
-    plain = fx.plain(gm, size, output=index if len(graph.output) > 1 else None, channels_last=channels_last)
-    if flatten_order is not None and (plain.flatten_order or "chw") != flatten_order:
+    layout = fx.to_layout(
+        gm, size, output=index if len(graph.output) > 1 else None, channels_last=channels_last
+    )
+    if flatten_order is not None and (layout.flatten_order or "chw") != flatten_order:
         raise ConversionError(
-            f"{path}: the graph flattens in order {plain.flatten_order or 'chw'!r}, not {flatten_order!r}; "
+            f"{path}: the graph flattens in order {layout.flatten_order or 'chw'!r}, not {flatten_order!r}; "
             "drop flatten_order (it is read from the graph)"
         )
     ref_proto = onnx.load(str(path))  # the file itself, with the logits as an extra output
     if logits_name not in [o.name for o in ref_proto.graph.output]:
         ref_proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(logits_name))
     session = ort.InferenceSession(ref_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    # checked against the file itself, not the onnx2torch module
+    layout.original = _Runtime(session, input_name, out_name, channels_last)
+    layout.logits = _Runtime(session, input_name, logits_name, channels_last)
     fcn = convert(
-        plain.module, size, flatten_order=plain.flatten_order, keep_softmax=keep_softmax,
+        layout, size, flatten_order=layout.flatten_order, keep_softmax=keep_softmax,
         output_stride=output_stride, class_names=class_names, mean=mean, std=std,
         arch=path.name, weights=str(path), tolerance=tolerance,
-        reference=_Runtime(session, input_name, logits_name, channels_last),
     )
     fcn.info["source"] = {"format": "onnx", "channels_last": channels_last, "output": out_name,
                           "checked_on": logits_name, "checked_with": f"onnxruntime {ort.__version__}"}

@@ -269,3 +269,32 @@ def test_unsaveable_layer_fails_at_save(tmp_path):
     with pytest.raises(fcn_cam.ModelFileError, match="cannot save: layer Swish"):
         fcn_cam.save(fcn, tmp_path / "m.pt")
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_importers_in_order_and_a_layout_converts_as_given():
+    """convert = first importer that reads the model → Layout → surgery; a Layout passes as it is."""
+    from fcn_cam import errors, importers, surgery
+    from fcn_cam.layout import Layout
+
+    assert fcn_cam.ConversionError is errors.ConversionError is surgery.ConversionError
+    assert [i.name for i in importers.IMPORTERS] == ["layout", "timm", "plain", "fx"]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, 4), nn.LogSoftmax(1)).eval()
+    layout = importers.to_layout(model, (16, 16))
+    assert layout.original is model and isinstance(layout.head[-1], nn.LogSoftmax)
+    assert importers.plain.to_layout(model, (16, 16), output=0) is None  # output= is torch.fx's job
+    assert importers.to_layout(model, (16, 16), output=0).arch == "GraphModule"
+    head = list(layout.head)
+    fcn = convert(layout, 16)
+    assert layout.head == head  # the softmax is dropped from the conversion, not from the layout
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(fcn(x), convert(model, 16)(x), rtol=0, atol=0)
+    assert fcn.info["dropped"] == ["LogSoftmax"] and fcn.info["arch"] == "Sequential"
+    with pytest.raises(ConversionError, match="a Layout has one: drop output="):
+        convert(layout, 16, output=0)
+    bare = Layout(layout.body, None, layout.head)
+    with pytest.raises(ConversionError, match="no logits before its final softmax to check the maps against"):
+        convert(bare, 16)
+    unchecked = convert(bare, 16, verify=False)
+    assert unchecked.info["exactness"] is None and unchecked.info["arch"] == "Sequential"

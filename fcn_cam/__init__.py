@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 _PUBLIC = {
     "Explanation": "explanation", "explain": "explanation", "explain_files": "explanation",
-    "Geometry": "geometry", "align": "geometry", "stretch": "geometry",
+    "Geometry": "geometry", "align": "geometry",
     "ModelFileError": "modelfile", "load": "modelfile", "save": "modelfile",
     "prepare": "runtime",
     "FCN": "surgery", "ConversionError": "errors", "convert": "conversion",
 }
 __all__ = [
     "FCN", "ConversionError", "Explanation", "Geometry", "ModelFileError",
-    "align", "convert", "explain", "explain_files", "load", "prepare", "save", "stretch",
+    "align", "convert", "explain", "explain_files", "load", "prepare", "save",
 ]
 __version__ = "0.1.0"
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .conversion import convert
     from .errors import ConversionError
     from .explanation import Explanation, explain, explain_files
-    from .geometry import Geometry, align, stretch
+    from .geometry import Geometry, align
     from .modelfile import ModelFileError, load, save
     from .runtime import prepare
 

@@ -11,7 +11,7 @@ nominal classifier window is 224). Nothing here is a per-architecture table.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -26,7 +26,8 @@ PADS = (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d)
 SPATIAL = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, *PADS)
 
 
-def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+def pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+    """A layer's ``kernel_size``/``stride``/``padding``/``dilation`` as a (y, x) pair."""
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
@@ -46,7 +47,7 @@ def layer_params(layer: nn.Module) -> tuple[tuple[int, int], ...]:
         return (1, 1), (1, 1), (1, 1)
     stride = layer.stride if layer.stride is not None else layer.kernel_size
     dilation = getattr(layer, "dilation", 1)  # AvgPool2d has none
-    return tuple(_pair(v) for v in (layer.kernel_size, stride, dilation))
+    return tuple(pair(v) for v in (layer.kernel_size, stride, dilation))
 
 
 def layer_padding(layer: nn.Module) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -60,7 +61,7 @@ def layer_padding(layer: nn.Module) -> tuple[tuple[int, int], tuple[int, int]]:
         k, _, d = layer_params(layer)
         total = [d[a] * (k[a] - 1) for a in (0, 1)]
         return (total[0] // 2, total[0] - total[0] // 2), (total[1] // 2, total[1] - total[1] // 2)
-    p = _pair(layer.padding)
+    p = pair(layer.padding)
     return (p[0], p[0]), (p[1], p[1])
 
 
@@ -111,25 +112,79 @@ class Geometry:
         return cls(Axis(**d["y"]), Axis(**d["x"]))
 
 
-def map_size(net: nn.Module, height: int, width: int) -> tuple[int, int]:
-    """Score-map size for an input of ``height × width``, from the layers' size formulas.
+def layer_output_size(layer: nn.Module, height: int, width: int) -> tuple[int, int]:
+    """Output size of one spatial layer (conv, pool or padding) for a ``height × width`` input.
 
     ``out = floor_or_ceil((in + p_before + p_after - d(k - 1) - 1) / s) + 1``; in ceil mode
-    a last window that would start in the right padding is dropped (as torch does). A
-    non-positive size means the input is smaller than one classifier window.
+    a last window that would start in the right padding is dropped (as torch does).
     """
-    size = [height, width]
+    k, s, d = layer_params(layer)
+    pads = layer_padding(layer)
+    ceil = getattr(layer, "ceil_mode", False)
+    out = []
+    for a, size in enumerate((height, width)):
+        n = size + sum(pads[a]) - d[a] * (k[a] - 1) - 1
+        o = (math.ceil(n / s[a]) if ceil else n // s[a]) + 1
+        if ceil and (o - 1) * s[a] >= size + pads[a][0]:
+            o -= 1
+        out.append(o)
+    return out[0], out[1]
+
+
+def map_size(net: nn.Module, height: int, width: int) -> tuple[int, int]:
+    """Score-map size for an input of ``height × width``: :func:`layer_output_size` composed
+    along the net's spatial layers. A non-positive size means the input is smaller than one
+    classifier window.
+    """
+    size = (height, width)
     for layer in spatial_layers(net):
-        k, s, d = layer_params(layer)
-        pads = layer_padding(layer)
-        ceil = getattr(layer, "ceil_mode", False)
-        for a in (0, 1):
-            n = size[a] + sum(pads[a]) - d[a] * (k[a] - 1) - 1
-            out = (math.ceil(n / s[a]) if ceil else n // s[a]) + 1
-            if ceil and (out - 1) * s[a] >= size[a] + pads[a][0]:
-                out -= 1
-            size[a] = out
-    return size[0], size[1]
+        size = layer_output_size(layer, *size)
+    return size
+
+
+def activation_bytes(net: nn.Module, height: int, width: int, channels: int = 3) -> int:
+    """Estimated peak activation memory of ``net`` on one ``channels × height × width`` input.
+
+    The largest ``input + output`` pair of any spatial layer, with each layer's size from
+    :func:`layer_output_size` (the one :func:`map_size` composes) and its channels from the
+    last conv before it, times 2 for the framework's workspace and residual branches, in
+    bytes of the parameters' dtype::
+
+        bytes = 2 · itemsize · max(C₀H₀W₀, maxₗ (Cₗ₋₁Hₗ₋₁Wₗ₋₁ + CₗHₗWₗ))
+
+    The walk stops at the first layer whose output would be empty.
+    """
+    itemsize = next(net.parameters()).element_size()
+    size, peak = (height, width), channels * height * width
+    for layer in spatial_layers(net):
+        new = layer_output_size(layer, *size)
+        if min(new) <= 0:
+            break
+        c = layer.out_channels if isinstance(layer, nn.Conv2d) else channels
+        peak = max(peak, channels * size[0] * size[1] + c * new[0] * new[1])
+        size, channels = new, c
+    return 2 * peak * itemsize
+
+
+def input_activation_bytes(
+    net: nn.Module, size: tuple[int, int], sides: Sequence[int], pad: str = "cover"
+) -> int:
+    """Estimated peak activation memory to explain an image of ``size`` (width, height) at
+    each shorter side in ``sides``: the largest :func:`activation_bytes` over the network
+    inputs, padded by :func:`cover_padding` unless ``pad`` is ``"none"``: the score maps'
+    input padding, the largest of the input paddings (an over-estimate for ``"features"``,
+    where the body sees the unpadded input).
+    """
+    from .images import input_shape  # images imports PIL: only when an estimate is wanted
+
+    worst = 0
+    for side in sides:
+        h, w = input_shape(size, side)
+        if pad != "none":
+            top, bottom, left, right = cover_padding(net, h, w)
+            h, w = h + top + bottom, w + left + right
+        worst = max(worst, activation_bytes(net, h, w))
+    return worst
 
 
 def cover_padding(net: nn.Module, height: int, width: int) -> tuple[int, int, int, int]:
@@ -228,18 +283,6 @@ def align(
     if add_to is not None:
         return add_to.addmm_(ay.to(add_to.dtype) @ maps.to(add_to.dtype), ax.to(add_to.dtype).T)
     return ay.to(dt) @ maps.to(dt) @ ax.to(dt).T
-
-
-def stretch(maps: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """The naive resize: stretch the ``h × w`` map over the image (cells evenly spread).
-
-    Wrong for FCN score maps (VGG16 at 448: centres land at ``56·i + 27.5`` instead of
-    ``(32·i + 111.5) / 2``); kept for comparison in benchmarks.
-    """
-    lead = maps.shape[:-2]
-    flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
-    out = nn.functional.interpolate(flat, size=image_size, mode="bilinear", align_corners=False)
-    return out.reshape(*lead, *image_size)
 
 
 def cell_centre(

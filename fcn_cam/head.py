@@ -1,9 +1,10 @@
 """Running a converted head: window-grid GEMMs instead of convolutions.
 
 The converted head is ``Conv2d(C, O, k×k) → channel-wise layers → Conv2d(O, O', 1×1) → …``.
-As convolutions, the k×k layer runs at a fraction of the machine's matmul rate (VGG16 on an
-AVX2 CPU: 0.374 s as a conv vs 0.104 s as a GEMM at 448 px). As GEMMs it is exactly the
-original classifier's arithmetic, applied to every window of the feature map::
+As convolutions, the k×k layer runs at a fraction of the machine's matmul rate
+(``benchmarks/speed/head.py`` measures both ways on each machine). As GEMMs it is exactly
+the original classifier's arithmetic, applied to every window of the feature map
+(:class:`WindowGrid`)::
 
     X = unfold(F, k)ᵀ              # [B·L, C·k·k], one row per window, C-major like nn.Flatten
     Y₁ = X W₁ᵀ + b₁                # W₁ = conv weight viewed as [O, C·k·k] = the Linear's weight
@@ -17,15 +18,161 @@ different way to run the same parameters, chosen at run time (``FCN.head_mode``)
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.autograd.forward_ad as fwad
 import torch.nn.functional as F
 from torch import nn
 
+from .geometry import pair
 
-def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+Padding = tuple[int, int, int, int]  # (top, bottom, left, right), in feature cells
+
+
+class OffsetSpan(NamedTuple):
+    """Offset ``q = (qy, qx)`` of the k×k window: the window-grid ranges whose offset-``q``
+    cell is real (not padding), and those cells' ranges on the padded grid (``i + q·d``)."""
+
+    qy: int
+    qx: int
+    rows: slice
+    cols: slice
+    cell_rows: slice
+    cell_cols: slice
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rows.stop - self.rows.start, self.cols.stop - self.cols.start
+
+    @property
+    def area(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+
+@dataclass(frozen=True)
+class WindowGrid:
+    """The windows of a head's first (k×k, unstrided, unpadded) conv over a ``[B, C, H, W]``
+    feature map whose outer ``pad`` cells ``(top, bottom, left, right)`` are zeros::
+
+        h = H − d_y·(k_y − 1),    w = W − d_x·(k_x − 1)      # windows per axis
+        hr = H − top − bottom,    wr = W − left − right       # real cells per axis
+
+    Window ``(i, j)`` covers the cells ``(i + q_y·d_y, j + q_x·d_x)`` for the kernel's
+    offsets ``q``; window rows are numbered ``b·h·w + i·w + j``. The GEMM head, the cell
+    contractions and their cost model all read their sizes here.
+    """
+
+    batch: int
+    channels: int
+    height: int
+    width: int
+    kernel: tuple[int, int]
+    dilation: tuple[int, int]
+    pad: Padding = (0, 0, 0, 0)
+
+    def __post_init__(self) -> None:
+        h, w = self.windows
+        if h <= 0 or w <= 0:
+            raise ValueError(
+                f"feature map {self.height}×{self.width} is smaller than the head's "
+                f"{self.kernel[0]}×{self.kernel[1]} window "
+                "(the input is smaller than the model's native input size)"
+            )
+
+    @classmethod
+    def of(cls, conv: nn.Conv2d, shape: Sequence[int], pad: Padding | None = None) -> WindowGrid:
+        """The grid of ``conv`` over features of ``shape`` ``[B, C, H, W]`` padded by ``pad``."""
+        b, c, height, width = shape
+        return cls(b, c, height, width, pair(conv.kernel_size), pair(conv.dilation), tuple(pad or (0, 0, 0, 0)))
+
+    @property
+    def windows(self) -> tuple[int, int]:
+        """``(h, w)``: windows per axis."""
+        (kh, kw), (dh, dw) = self.kernel, self.dilation
+        return self.height - dh * (kh - 1), self.width - dw * (kw - 1)
+
+    @property
+    def rows(self) -> int:
+        """Window rows ``B·h·w``."""
+        return self.batch * self.windows[0] * self.windows[1]
+
+    @property
+    def offsets(self) -> int:
+        """Offsets per window ``k_y·k_x``."""
+        return self.kernel[0] * self.kernel[1]
+
+    @property
+    def cells(self) -> int:
+        """Cells of the padded grid ``B·H·W``."""
+        return self.batch * self.height * self.width
+
+    @property
+    def real(self) -> tuple[slice, slice]:
+        """Rows and columns of the real (unpadded) cells on the padded grid."""
+        top, bottom, left, right = self.pad
+        return slice(top, self.height - bottom), slice(left, self.width - right)
+
+    @property
+    def real_size(self) -> tuple[int, int]:
+        """``(hr, wr)``: real cells per axis."""
+        top, bottom, left, right = self.pad
+        return self.height - top - bottom, self.width - left - right
+
+    @property
+    def real_cells(self) -> int:
+        """Real cells ``B·hr·wr``."""
+        return self.batch * self.real_size[0] * self.real_size[1]
+
+    def offset_spans(self) -> list[OffsetSpan]:
+        """For each offset ``q`` whose cell is real in some window: the windows ``i`` with
+        ``i + q·d ∈ [before, before + real)`` on each axis, and those cells."""
+        (kh, kw), (dh, dw), (hr, wr) = self.kernel, self.dilation, self.real_size
+        (h, w), (top, _, left, _) = self.windows, self.pad
+
+        def span(q: int, d: int, before: int, real: int, n: int) -> tuple[slice, slice]:
+            windows = slice(max(0, before - q * d), min(n, before + real - q * d))
+            return windows, slice(windows.start + q * d, windows.stop + q * d)
+
+        out = []
+        for qy in range(kh):
+            rows, cell_rows = span(qy, dh, top, hr, h)
+            for qx in range(kw):
+                cols, cell_cols = span(qx, dw, left, wr, w)
+                if rows.start < rows.stop and cols.start < cols.stop:
+                    out.append(OffsetSpan(qy, qx, rows, cols, cell_rows, cell_cols))
+        return out
+
+    @property
+    def real_pairs(self) -> int:
+        """How many (window, offset) pairs see a real cell: the rows :func:`forward_cells`
+        pushes through the head."""
+        return self.batch * sum(s.area for s in self.offset_spans())
+
+    def unfold(self, features: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` → ``[B·h·w, C·k_y·k_x]`` window rows, C-major like ``nn.Flatten``."""
+        h, w = self.windows
+        if self.kernel == (1, 1):
+            return features.permute(0, 2, 3, 1).reshape(self.rows, -1)
+        if (h, w) == (1, 1) and self.dilation == (1, 1):
+            return features.reshape(self.batch, -1)  # the native size: exactly nn.Flatten
+        x = F.unfold(features, self.kernel, dilation=self.dilation)
+        return x.transpose(1, 2).reshape(self.rows, -1)
+
+    def fold(self, columns: torch.Tensor) -> torch.Tensor:
+        """``[N, C·k_y·k_x, h·w]`` per-window values → ``[N, C, H, W]``, each summed onto the
+        cells its window covers (the adjoint of :meth:`unfold`)."""
+        return F.fold(columns, (self.height, self.width), self.kernel, dilation=self.dilation)
+
+    def pairs_view(self, p: torch.Tensor) -> torch.Tensor:
+        """``[B, H, W, k_y·k_x, n]`` values ``P(p, q)`` per cell and offset → the strided view
+        ``[B, h, w, k_y, k_x, n]`` of ``P(w + q, q)`` per window and offset."""
+        (kh, kw), (dh, dw), (h, w) = self.kernel, self.dilation, self.windows
+        sb, sy, sx, sq, so = p.stride()  # window (i, j), offset (qy, qx) → cell (i + qy·dh, j + qx·dw)
+        return p.as_strided((self.batch, h, w, kh, kw, p.shape[-1]),
+                            (sb, sy, sx, dh * sy + kw * sq, dw * sx + sq, so))
 
 
 def gemm_compatible(head: nn.Sequential) -> bool:
@@ -35,9 +182,9 @@ def gemm_compatible(head: nn.Sequential) -> bool:
     if not convs or not isinstance(head[0], nn.Conv2d):
         return False
     for i, c in enumerate(convs):
-        if _pair(c.stride) != (1, 1) or _pair(c.padding) != (0, 0) or c.groups != 1:
+        if pair(c.stride) != (1, 1) or pair(c.padding) != (0, 0) or c.groups != 1:
             return False
-        if c.padding_mode != "zeros" or (i > 0 and _pair(c.kernel_size) != (1, 1)):
+        if c.padding_mode != "zeros" or (i > 0 and pair(c.kernel_size) != (1, 1)):
             return False
     return all(isinstance(m, nn.Conv2d) or not list(m.children()) for m in head)
 
@@ -47,63 +194,55 @@ def _weight_matrix(conv: nn.Conv2d) -> torch.Tensor:
     return conv.weight.reshape(conv.out_channels, -1)
 
 
-#: Output channels per product in :func:`blocked_linear`.
+#: Output columns per product in :func:`blocked_product` with ``transpose`` (``F.linear``:
+#: blocks of the weight's rows, each a contiguous slice).
 ROW_BLOCK = 512
-
-
-def blocked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear`` in blocks of ``ROW_BLOCK`` output channels, for a few window rows against a
-    large weight (VGG16's 4096×25088): each block's slice of the weight (51 MB) is reused
-    across the rows while it is hot. On a 2-core EPYC (AVX2) 49 rows took 115 ms instead of
-    166 ms, with bit-identical outputs; ``benchmarks/speed`` measures it on each machine."""
-    if x.shape[0] == 1 or weight.shape[0] <= ROW_BLOCK:
-        return F.linear(x, weight, bias)
-    out = x.new_empty(x.shape[0], weight.shape[0])
-    for o0 in range(0, weight.shape[0], ROW_BLOCK):
-        o1 = o0 + ROW_BLOCK
-        out[:, o0:o1] = F.linear(x, weight[o0:o1], None if bias is None else bias[o0:o1])
-    return out
-
-
-#: Columns per product in :func:`blocked_matmul`.
+#: Output columns per product in :func:`blocked_product` without ``transpose`` (``x @ W``:
+#: blocks of the weight's columns, strided slices).
 COL_BLOCK = 2048
-#: Up to how many rows :func:`blocked_matmul` blocks (beyond, one product was as fast).
+#: Up to how many rows :func:`blocked_product` blocks without ``transpose`` (beyond, one
+#: product was as fast).
 COL_BLOCK_ROWS = 512
 
 
-def blocked_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``x @ weight`` in blocks of ``COL_BLOCK`` columns, for a few rows against a large
-    weight (the first layer's backward: ``[windows, 4096] @ [4096, 25088]`` for VGG16), for
-    the same reason as :func:`blocked_linear`. On a 2-core EPYC (AVX2): 49 rows 158 → 120 ms,
-    196 rows 441 → 311 ms; one row or over ``COL_BLOCK_ROWS`` rows: one product."""
-    rows, cols = x.shape[0], weight.shape[1]
-    if rows == 1 or rows > COL_BLOCK_ROWS or cols <= COL_BLOCK:
-        return x @ weight
-    out = x.new_empty(rows, cols)
-    for c0 in range(0, cols, COL_BLOCK):
-        out[:, c0:c0 + COL_BLOCK] = x @ weight[:, c0:c0 + COL_BLOCK]
+def blocked_product(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, transpose: bool = True
+) -> torch.Tensor:
+    """``x Wᵀ + b`` (``transpose``: ``F.linear``, the first layer's forward) or ``x W`` (the
+    first layer's backward: ``[windows, 4096] @ [4096, 25088]`` for VGG16), in blocks of
+    output columns, for a few rows against a large weight: each block of the weight is
+    reused across the rows while it is in cache. Each output value is the same product as
+    in one call (bit-identical); one row, a weight of one block, or (``x W``) more than
+    ``COL_BLOCK_ROWS`` rows: one product. ``bias`` only with ``transpose``.
+    """
+    if transpose:
+        block, n, most_rows = ROW_BLOCK, weight.shape[0], None
+
+        def product(cols: slice) -> torch.Tensor:
+            return F.linear(x, weight[cols], None if bias is None else bias[cols])
+    else:
+        if bias is not None:
+            raise ValueError("blocked_product: a bias needs transpose=True (F.linear)")
+        block, n, most_rows = COL_BLOCK, weight.shape[1], COL_BLOCK_ROWS
+
+        def product(cols: slice) -> torch.Tensor:
+            return x @ weight[:, cols]
+    rows = x.shape[0]
+    if rows == 1 or n <= block or (most_rows is not None and rows > most_rows):
+        return product(slice(None))
+    out = x.new_empty(rows, n)
+    for c0 in range(0, n, block):
+        out[:, c0:c0 + block] = product(slice(c0, c0 + block))
     return out
 
 
-def first_layer(head: nn.Sequential, features: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """The k×k layer as a GEMM (:func:`blocked_linear`): ``[B, C, H, W]`` features → ``[B·h·w, O]`` window rows
-    (row ``b·h·w + i·w + j`` is window ``(i, j)`` of image ``b``) and ``(B, h, w)``."""
+def first_layer(head: nn.Sequential, features: torch.Tensor) -> tuple[torch.Tensor, WindowGrid]:
+    """The k×k layer as a GEMM (:func:`blocked_product`): ``[B, C, H, W]`` features →
+    ``[B·h·w, O]`` window rows (row ``b·h·w + i·w + j`` is window ``(i, j)`` of image ``b``)
+    and their :class:`WindowGrid`."""
     first = head[0]
-    b, _, height, width = features.shape
-    (kh, kw), (dh, dw) = _pair(first.kernel_size), _pair(first.dilation)
-    h, w = height - dh * (kh - 1), width - dw * (kw - 1)
-    if h <= 0 or w <= 0:
-        raise ValueError(
-            f"feature map {height}×{width} is smaller than the head's {kh}×{kw} window "
-            "(the input is smaller than the model's native input size)"
-        )
-    if (kh, kw) == (1, 1):
-        x = features.permute(0, 2, 3, 1).reshape(b * h * w, -1)
-    elif (h, w) == (1, 1) and (dh, dw) == (1, 1):
-        x = features.reshape(b, -1)  # the native size: exactly nn.Flatten
-    else:
-        x = F.unfold(features, (kh, kw), dilation=(dh, dw)).transpose(1, 2).reshape(b * h * w, -1)
-    return blocked_linear(x, _weight_matrix(first), first.bias), (b, h, w)
+    grid = WindowGrid.of(first, features.shape)
+    return blocked_product(grid.unfold(features), _weight_matrix(first), first.bias), grid
 
 
 def rows_through(layers: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
@@ -113,13 +252,12 @@ def rows_through(layers: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def as_maps(x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+def as_maps(x: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
     """``[B·h·w, K]`` window rows → ``[B, K, h, w]`` maps (a view)."""
-    b, h, w = grid
-    return x.view(b, h, w, -1).permute(0, 3, 1, 2)
+    return x.view(grid.batch, *grid.windows, -1).permute(0, 3, 1, 2)
 
 
-def rest_of_head(head: nn.Sequential, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+def rest_of_head(head: nn.Sequential, x: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
     """The layers after the first, on ``[B·h·w, O]`` window rows → ``[B, K, h, w]`` maps."""
     return as_maps(rows_through(list(head)[1:], x), grid)
 
@@ -129,7 +267,7 @@ def final_linear(head: nn.Sequential) -> nn.Conv2d | None:
     ``S(w) = W u(w) + b`` on its input rows ``u``, so ``∂S_c(w)/∂u(w) = W[c]`` for every window
     and a backward pass can start at ``u`` (no product with the one-hot scores)."""
     last = head[-1]
-    if len(head) > 2 and isinstance(last, nn.Conv2d) and _pair(last.kernel_size) == (1, 1) \
+    if len(head) > 2 and isinstance(last, nn.Conv2d) and pair(last.kernel_size) == (1, 1) \
             and gemm_compatible(head):
         return last
     return None
@@ -143,19 +281,20 @@ def run_head_gemm(head: nn.Sequential, features: torch.Tensor) -> torch.Tensor:
     return rest_of_head(head, *first_layer(head, features))
 
 
-#: Output channels per block in :func:`first_layer_cells`'s ``cells`` order (of 128, 256 and 512,
-#: 256 ran fastest on a 2-core EPYC).
+#: Output channels per block in :func:`first_layer_cells`'s ``cells`` order (the fastest of
+#: 128, 256 and 512 in one earlier run: ``benchmarks/results/head_notes.md``).
 CELL_BLOCK = 256
 
 
-def contraction_order(classes: int, windows: int, cells: int) -> str:
+def contraction_order(classes: int, grid: WindowGrid) -> str:
     """:func:`first_layer_cells`'s ``auto``: ``cells`` only where it needs at most half of
-    ``dgrad``'s products with the weight (its own steps run slower)."""
-    return "dgrad" if classes * windows <= 2 * cells else "cells"
+    ``dgrad``'s products with the weight (``classes·B·h·w`` against ``B·hr·wr``: its own
+    steps run slower)."""
+    return "dgrad" if classes * grid.rows <= 2 * grid.real_cells else "cells"
 
 
 def first_layer_cells(
-    conv: nn.Conv2d, grads: torch.Tensor, features: torch.Tensor, pad: tuple[int, int, int, int] | None = None,
+    conv: nn.Conv2d, grads: torch.Tensor, features: torch.Tensor, pad: Padding | None = None,
     method: str = "auto",
 ) -> torch.Tensor:
     """Cell maps from the gradients at the first layer's output::
@@ -172,70 +311,38 @@ def first_layer_cells(
     all classes), then for each window ``w`` one small product ``[T, O] @ [O, k²]`` with its
     ``k²`` pairs ``P(w + q, q)`` (a strided view of ``P`` laid on the padded grid), which
     :func:`F.fold` sums back onto the cells. ``auto`` takes ``cells`` where it needs at most
-    half of ``dgrad``'s products with the weight (its weight blocks are copied: for one class
-    it ran 1.4–2× slower than ``dgrad`` on a 2-core EPYC), i.e. from three classes on; for
-    100 classes at 448×673 it took 1.0 s where summing per offset had taken 12 s.
+    half of ``dgrad``'s products with the weight (:func:`contraction_order`: its weight
+    blocks are copied, so for one class it runs slower than ``dgrad``), i.e. from three
+    classes on (earlier runs: ``benchmarks/results/head_notes.md``).
     """
     t, _, o = grads.shape
+    grid = WindowGrid.of(conv, features.shape, pad)
     b, c, height, width = features.shape
-    (kh, kw), (dh, dw) = _pair(conv.kernel_size), _pair(conv.dilation)
-    h, w = height - dh * (kh - 1), width - dw * (kw - 1)
-    top, bottom, left, right = pad or (0, 0, 0, 0)
-    hr, wr = height - top - bottom, width - left - right
+    (h, w), k2, windows = grid.windows, grid.offsets, grid.rows
     if method == "auto":
-        method = contraction_order(t, b * h * w, b * hr * wr)
+        method = contraction_order(t, grid)
     if method == "dgrad":
         # a 2-D product ([T·B·L, C·k·k]): torch.matmul would broadcast (copy) the 411 MB weight for
         # a 3-D operand
-        g = blocked_matmul(grads.reshape(t * b * h * w, o), _weight_matrix(conv)).view(t * b, h * w, -1)
-        g = F.fold(g.transpose(1, 2), (height, width), (kh, kw), dilation=(dh, dw))
+        g = blocked_product(grads.reshape(t * windows, o), _weight_matrix(conv), transpose=False)
+        g = grid.fold(g.view(t * b, h * w, -1).transpose(1, 2))
         return (g.view(t, b, c, height, width) * features[None]).sum(2, dtype=torch.float32)
-    k2, windows = kh * kw, b * h * w
-    real = features[:, :, top:top + hr, left:left + wr].permute(0, 2, 3, 1).reshape(-1, c)
+    (ry, rx), (hr, wr) = grid.real, grid.real_size
+    real = features[:, :, ry, rx].permute(0, 2, 3, 1).reshape(-1, c)
     g = grads.view(t, windows, o)
     r = features.new_zeros(windows, t, k2, dtype=torch.float32)  # R[w, t, q] = ⟨g_t(w), P(w + q, q)⟩
     # in blocks of output channels: P on the padded grid, the weight's permuted block and the
     # classes' gradient block each ≤ 2²⁴ values (64 MB fp32)
-    block = max(1, min(CELL_BLOCK, 2**24 // max(b * height * width * k2, windows * t, c * k2)))
+    block = max(1, min(CELL_BLOCK, 2**24 // max(grid.cells * k2, windows * t, c * k2)))
     for o0 in range(0, o, block):
         ob = min(block, o - o0)
         wb = conv.weight[o0:o0 + ob].permute(1, 2, 3, 0).reshape(c, k2 * ob)
         pz = features.new_zeros(b, height, width, k2, ob)  # padded cells: P = 0
-        pz[:, top:top + hr, left:left + wr] = (real @ wb).view(b, hr, wr, k2, ob)
-        sb, sy, sx, sq, so = pz.stride()  # window (i, j), offset (qy, qx) → cell (i + qy·dh, j + qx·dw)
-        pairs = pz.as_strided((b, h, w, kh, kw, ob), (sb, sy, sx, dh * sy + kw * sq, dw * sx + sq, so))
-        r += torch.bmm(g[:, :, o0:o0 + ob].transpose(0, 1), pairs.reshape(windows, k2, ob).transpose(1, 2))
+        pz[:, ry, rx] = (real @ wb).view(b, hr, wr, k2, ob)
+        pairs = grid.pairs_view(pz).reshape(windows, k2, ob)
+        r += torch.bmm(g[:, :, o0:o0 + ob].transpose(0, 1), pairs.transpose(1, 2))
     r = r.view(b, h * w, t, k2).permute(2, 0, 3, 1).reshape(t * b, k2, h * w)
-    return F.fold(r, (height, width), (kh, kw), dilation=(dh, dw)).view(t, b, height, width)
-
-
-def _offset_windows(shape: tuple[int, int], kernel: tuple[int, int], dilation: tuple[int, int],
-                    pad: tuple[int, int, int, int]) -> list[tuple[int, int, slice, slice]]:
-    """For each offset ``q`` of the k×k window: ``(qy, qx, rows, cols)``, the window-grid
-    ranges whose offset-``q`` cell is real (not padding), when there are any."""
-    (height, width), (kh, kw), (dh, dw) = shape, kernel, dilation
-    top, bottom, left, right = pad
-    h, w = height - dh * (kh - 1), width - dw * (kw - 1)
-
-    def span(q: int, d: int, before: int, real: int, n: int) -> slice:  # i + q·d ∈ [before, before + real)
-        return slice(max(0, before - q * d), min(n, before + real - q * d))
-
-    out = []
-    for qy in range(kh):
-        rows = span(qy, dh, top, height - top - bottom, h)
-        for qx in range(kw):
-            cols = span(qx, dw, left, width - left - right, w)
-            if rows.start < rows.stop and cols.start < cols.stop:
-                out.append((qy, qx, rows, cols))
-    return out
-
-
-def real_pairs(conv: nn.Conv2d, features_shape: torch.Size, pad: tuple[int, int, int, int] | None) -> int:
-    """How many (window, offset) pairs of the first layer see a real cell: the rows
-    :func:`forward_cells` pushes through the head."""
-    b, _, height, width = features_shape
-    spans = _offset_windows((height, width), _pair(conv.kernel_size), _pair(conv.dilation), pad or (0, 0, 0, 0))
-    return b * sum(map(_area, spans))
+    return grid.fold(r).view(t, b, height, width)
 
 
 def linear_macs(layers: list[nn.Module]) -> int:
@@ -260,7 +367,7 @@ PAIR_ROWS = 2048
 @torch.no_grad()  # the weights require grad; these products need none
 def forward_cells(
     conv: nn.Conv2d, middle: list[nn.Module], first: torch.Tensor, features: torch.Tensor,
-    pad: tuple[int, int, int, int] | None = None,
+    pad: Padding | None = None,
 ) -> torch.Tensor:
     """The class-independent order of the cell maps, for heads ending in a linear layer
     ``S(w) = W u(w) + b``::
@@ -276,9 +383,8 @@ def forward_cells(
     pairs go ``PAIR_ROWS`` at a time. Returns ``Z`` ``[B, H, W, O']`` float32 on the padded
     feature grid (0 on padded cells); ``Z Wᵀ`` gives every class's map.
     """
-    b, c, height, width = features.shape
-    (kh, kw), (dh, dw) = _pair(conv.kernel_size), _pair(conv.dilation)
-    h, w = height - dh * (kh - 1), width - dw * (kw - 1)
+    grid = WindowGrid.of(conv, features.shape, pad)
+    b, c, (h, w), kw = grid.batch, grid.channels, grid.windows, grid.kernel[1]
     inputs, x = {}, first  # the channel-wise layers' inputs at every window: where the gates are
     for i, m in enumerate(middle):
         if isinstance(m, nn.Conv2d):
@@ -288,47 +394,43 @@ def forward_cells(
             x = m(x.clone())
     w1 = _offset_major(conv.weight)
     cells = features.permute(0, 2, 3, 1)  # [B, H, W, C], a view
-    z = features.new_zeros(b, height, width, x.shape[-1], dtype=torch.float32)
-    spans = _offset_windows((height, width), (kh, kw), (dh, dw), pad or (0, 0, 0, 0))
+    z = features.new_zeros(b, grid.height, grid.width, x.shape[-1], dtype=torch.float32)
+    spans = grid.offset_spans()
     while spans:
         group, rows = [], 0
-        while spans and (not group or rows + b * _area(spans[0]) <= PAIR_ROWS):
+        while spans and (not group or rows + b * spans[0].area <= PAIR_ROWS):
             group.append(spans.pop(0))
-            rows += b * _area(group[-1])
+            rows += b * group[-1].area
         t = first.new_empty(rows, conv.out_channels)
         gates = {i: v.new_empty(rows, v.shape[-1]) for i, v in inputs.items()}
         at, r0 = [], 0
-        for qy, qx, wy, wx in group:
-            n = b * _area((qy, qx, wy, wx))
-            cy, cx = slice(wy.start + qy * dh, wy.stop + qy * dh), slice(wx.start + qx * dw, wx.stop + qx * dw)
-            torch.mm(cells[:, cy, cx].reshape(n, c), w1[:, qy * kw + qx], out=t[r0:r0 + n])  # P(w + q, q)
+        for s in group:
+            n = b * s.area
+            real = cells[:, s.cell_rows, s.cell_cols].reshape(n, c)
+            torch.mm(real, w1[:, s.qy * kw + s.qx], out=t[r0:r0 + n])  # P(w + q, q) for the span's windows
             for i, v in inputs.items():
-                gates[i][r0:r0 + n].view(b, wy.stop - wy.start, wx.stop - wx.start, -1).copy_(v[:, wy, wx])
-            at.append((cy, cx, r0, n))
+                gates[i][r0:r0 + n].view(b, *s.shape, -1).copy_(v[:, s.rows, s.cols])
+            at.append((s, r0, n))
             r0 += n
         for i, m in enumerate(middle):
             t = t @ _weight_matrix(m).T if isinstance(m, nn.Conv2d) else _jvp(m, gates[i], t)
-        for cy, cx, r0, n in at:
-            z[:, cy, cx] += t[r0:r0 + n].view(b, cy.stop - cy.start, cx.stop - cx.start, -1)
+        for s, r0, n in at:
+            z[:, s.cell_rows, s.cell_cols] += t[r0:r0 + n].view(b, *s.shape, -1)
     return z
 
 
 def _offset_major(weight: torch.Tensor, block: int = 16) -> torch.Tensor:
     """``[O, C, kh, kw]`` → ``[C, kh·kw, O]`` (a copy), so that each offset's ``W₁,qᵀ`` is a
     ``[C, O]`` matrix with unit column stride (a strided read per offset would touch every
-    cache line of the weight 49 times). Copied ``block`` output channels at a time: 0.25 s
-    for VGG16's 411 MB on a 2-core EPYC, against 0.38 s as one transpose and 0.88 s as one
-    permute."""
+    cache line of the weight 49 times). Copied ``block`` output channels at a time: faster
+    than one transpose or one permute of the whole weight in an earlier run
+    (``benchmarks/results/head_notes.md``)."""
     o = weight.shape[0]
     rows = weight.reshape(o, -1)
     out = weight.new_empty(rows.shape[1], o)
     for o0 in range(0, o, block):
         out[:, o0:o0 + block] = rows[o0:o0 + block].T
     return out.view(weight.shape[1], -1, o)
-
-
-def _area(span: tuple[int, int, slice, slice]) -> int:
-    return (span[2].stop - span[2].start) * (span[3].stop - span[3].start)
 
 
 def run_head(head: nn.Sequential, features: torch.Tensor, mode: str = "gemm") -> torch.Tensor:

@@ -35,6 +35,8 @@ import torch
 from torch import nn
 
 from .head import (
+    Padding,
+    WindowGrid,
     as_maps,
     contraction_order,
     final_linear,
@@ -43,7 +45,6 @@ from .head import (
     forward_cells,
     gemm_compatible,
     linear_macs,
-    real_pairs,
     rest_of_head,
     rows_through,
 )
@@ -69,8 +70,10 @@ class Forward(NamedTuple):
     last: nn.Conv2d | None = None  # the head's last layer (1×1), when ``last_input`` is set
     middle: tuple[nn.Module, ...] = ()  # the layers between the first and the last
 
-
-Padding = tuple[int, int, int, int]  # (top, bottom, left, right)
+    @property
+    def grid(self) -> WindowGrid:
+        """The first layer's windows over the padded features (when ``conv`` is set)."""
+        return WindowGrid.of(self.conv, self.features.shape, self.pad)
 
 
 def pad_features(f: torch.Tensor, pad: Padding | None) -> torch.Tensor:
@@ -183,20 +186,17 @@ def cell_order(fw: Forward, classes: int) -> str:
     classes, then only a ``[cells, 4096]`` product per class)."""
     if fw.last is None or fw.first is None:
         return "auto"
-    conv, f = fw.conv, fw.features
-    b, c, height, width = f.shape
-    top, bottom, left, right = fw.pad or (0, 0, 0, 0)
-    cells, windows = b * (height - top - bottom) * (width - left - right), fw.first.shape[0]
-    o, k2, middle = conv.out_channels, conv.weight[0, 0].numel(), linear_macs(list(fw.middle))
-    first = c * k2 * o
-    if contraction_order(classes, windows, cells) == "dgrad":
+    grid, conv = fw.grid, fw.conv
+    windows, o, middle = grid.rows, conv.out_channels, linear_macs(list(fw.middle))
+    first = grid.channels * grid.offsets * o
+    if contraction_order(classes, grid) == "dgrad":
         contract = classes * windows * first
     else:
-        contract = cells * first + classes * windows * o * k2
+        contract = grid.real_cells * first + classes * windows * o * grid.offsets
     backward = classes * windows * middle + contract
     # the gates' inputs (the middle layers again over the windows), the pairs, every class on the grid
-    forward = windows * middle + real_pairs(conv, f.shape, fw.pad) * (c * o + middle) \
-        + b * height * width * fw.last.in_channels * classes
+    forward = windows * middle + grid.real_pairs * (grid.channels * o + middle) \
+        + grid.cells * fw.last.in_channels * classes
     return "forward" if forward < backward else "auto"
 
 

@@ -329,3 +329,46 @@ def test_explain_files_cells_equal_single_images(photos):
         assert [t.index for t in r.explanation.targets] == [t.index for t in one.targets]
         got, want = r.explanation.targets[1].heatmap, one.targets[1].heatmap
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,dilation,pad", [
+    (3, 2, (2, 1, 0, 3)), ((2, 4), 1, (0, 0, 0, 0)), (1, 1, (1, 2, 2, 1)),
+    ((11, 9), 1, (1, 1, 2, 0)),  # the native size: one window, the rows are nn.Flatten's
+])
+def test_window_grid_against_a_walk_over_every_window_and_offset(kernel, dilation, pad):
+    """The grid's sizes, offset spans and real pairs equal a cell-by-cell walk; its unfold is
+    the conv's input rows and its fold their adjoint."""
+    from fcn_cam.head import WindowGrid
+
+    conv = nn.Conv2d(3, 4, kernel, dilation=dilation)
+    shape = (2, 3, 11, 9)
+    grid = WindowGrid.of(conv, shape, pad)
+    (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
+    h, w = 11 - dh * (kh - 1), 9 - dw * (kw - 1)
+    assert grid.windows == (h, w) and grid.rows == 2 * h * w and grid.offsets == kh * kw
+    top, bottom, left, right = pad
+    real = torch.zeros(11, 9, dtype=torch.bool)
+    real[top:11 - bottom, left:9 - right] = True
+    assert grid.real_cells == 2 * int(real.sum()) and bool(real[grid.real].all())
+    walk = {(i, j, qy, qx) for i in range(h) for j in range(w) for qy in range(kh) for qx in range(kw)
+            if real[i + qy * dh, j + qx * dw]}
+    spans = set()
+    for s in grid.offset_spans():
+        assert s.cell_rows == slice(s.rows.start + s.qy * dh, s.rows.stop + s.qy * dh)
+        assert s.cell_cols == slice(s.cols.start + s.qx * dw, s.cols.stop + s.qx * dw)
+        spans |= {(i, j, s.qy, s.qx) for i in range(h)[s.rows] for j in range(w)[s.cols]}
+    assert spans == walk and grid.real_pairs == 2 * len(walk)
+    x = torch.randn(shape, dtype=torch.float64)
+    rows = grid.unfold(x)
+    want = nn.functional.conv2d(x, conv.weight.double(), dilation=dilation).permute(0, 2, 3, 1)  # [B, h, w, O]
+    torch.testing.assert_close(rows @ conv.weight.double().flatten(1).T, want.reshape(-1, 4))
+    y = torch.randn(2, 3 * kh * kw, h * w, dtype=torch.float64)  # ⟨unfold(x), y⟩ = ⟨x, fold(y)⟩
+    as_rows = y.transpose(1, 2).reshape(-1, 3 * kh * kw)
+    torch.testing.assert_close((rows * as_rows).sum(), (x * grid.fold(y)).sum())
+
+
+def test_window_grid_larger_than_the_features_names_the_problem():
+    from fcn_cam.head import WindowGrid
+
+    with pytest.raises(ValueError, match="feature map 3×9 is smaller than the head's 4×4 window"):
+        WindowGrid.of(nn.Conv2d(8, 2, 4), (1, 8, 3, 9))

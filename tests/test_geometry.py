@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import NATIVE, convert_planted
+from conftest import NATIVE, convert_planted, small_vgg
+from helpers import stretch
 from PIL import Image
 
 from fcn_cam import convert, explain
-from fcn_cam.geometry import Geometry, align, cell_centre, cover_padding, feature_cover_padding, stretch
+from fcn_cam.geometry import (
+    SPATIAL,
+    Geometry,
+    activation_bytes,
+    align,
+    cell_centre,
+    cover_padding,
+    feature_cover_padding,
+    input_activation_bytes,
+    layer_output_size,
+    layer_padding,
+    layer_params,
+)
 from fcn_cam.geometry import map_size as fcn_map_size
+from fcn_cam.images import input_shape
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +237,78 @@ def test_planted_impulse_at_cell_centre_with_pads_and_ceil_mode(layers):
             assert (wx @ xs / wx.sum()).item() == pytest.approx(g.x.stride * j + g.x.offset)
             checked += 1
     assert checked >= 2
+
+
+def ceil_mode_net() -> torch.nn.Sequential:
+    """Convs and ceil-mode pools whose last window can start in the right padding (dropped)."""
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(1, 2, ceil_mode=True),
+        torch.nn.Conv2d(4, 6, 3), torch.nn.AvgPool2d(3, 3, padding=1, ceil_mode=True),
+        torch.nn.ZeroPad2d((0, 1, 1, 0)), torch.nn.Conv2d(6, 5, 2, stride=2, dilation=2),
+    ).eval()
+
+
+def spatial_shapes(net: torch.nn.Module, x: torch.Tensor) -> list[tuple[torch.nn.Module, torch.Size, ...]]:
+    """(layer, input shape, output shape) of every conv, pool and padding layer, in the order
+    a real forward pass runs them (a converted head as its convolutions)."""
+    seen = []
+    if hasattr(net, "head_mode"):
+        net.head_mode = "conv"  # as GEMMs the head's convs are not called
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append((m, i[0].shape, o.shape)))
+             for m in net.modules() if isinstance(m, SPATIAL)]
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def ceil_without_drop(layer: torch.nn.Module, size: tuple[int, int]) -> tuple[int, ...]:
+    """The ceil-mode size formula without torch's rule for a last window in the padding."""
+    (k, s, d), pads = layer_params(layer), layer_padding(layer)
+    return tuple(math.ceil((size[a] + sum(pads[a]) - d[a] * (k[a] - 1) - 1) / s[a]) + 1 for a in (0, 1))
+
+
+@pytest.mark.parametrize("make", [lambda: convert(small_vgg(), NATIVE), ceil_mode_net])
+def test_activation_estimate_follows_the_layers_real_shapes(make):
+    """The estimate is 2 · itemsize · the largest input + output of any spatial layer, with the
+    shapes the layers really produce: one size formula with map_size, ceil mode included."""
+    net = make()
+    drops = 0
+    for h, w in ((64, 64), (81, 70), (100, 97), (67, 131)):
+        shapes = spatial_shapes(net, torch.zeros(1, 3, h, w))
+        size = (h, w)
+        for layer, i, o in shapes:
+            assert tuple(i[-2:]) == size and layer_output_size(layer, *size) == tuple(o[-2:])
+            if getattr(layer, "ceil_mode", False):
+                drops += ceil_without_drop(layer, size) != tuple(o[-2:])
+            size = tuple(o[-2:])
+        assert fcn_map_size(net, h, w) == size
+        want = max(3 * h * w, *(i.numel() + o.numel() for _, i, o in shapes))
+        assert activation_bytes(net, h, w) == 2 * 4 * want
+    assert drops > 0 or make is not ceil_mode_net  # the sizes above exercise the ceil-mode rule
+
+
+def test_activation_estimate_in_the_parameters_dtype_and_stops_at_an_empty_map():
+    fcn = convert(small_vgg(), NATIVE)
+    # 40 px: the head's 4×4 window does not fit the 2×2 features; the body's layers still count
+    body = spatial_shapes(fcn.features, torch.zeros(1, 3, 40, 40))
+    small = max(3 * 40 * 40, *(i.numel() + o.numel() for _, i, o in body))
+    assert activation_bytes(fcn, 40, 40) == 2 * 4 * small
+    fp32 = activation_bytes(fcn, 96, 80)
+    assert activation_bytes(fcn.to(torch.bfloat16), 96, 80) == fp32 // 2
+
+
+def test_input_activation_estimate_takes_the_worst_side_with_cover_padding():
+    fcn = convert(small_vgg(), NATIVE)
+    size, sides = (150, 100), [64, 96]
+    padded = []
+    for side in sides:
+        h, w = input_shape(size, side)
+        top, bottom, left, right = cover_padding(fcn, h, w)
+        assert top + bottom + left + right > 0
+        padded.append(activation_bytes(fcn, h + top + bottom, w + left + right))
+    assert input_activation_bytes(fcn, size, sides) == max(padded)
+    assert input_activation_bytes(fcn, size, sides, pad="none") == activation_bytes(fcn, *input_shape(size, 96))

@@ -53,11 +53,11 @@ def test_blocked_products_equal_one_product(rows, monkeypatch):
     monkeypatch.setattr(head, "COL_BLOCK", 9)
     g = torch.Generator().manual_seed(rows)
     x, w, b = torch.randn(rows, 50, generator=g), torch.randn(30, 50, generator=g), torch.randn(30, generator=g)
-    torch.testing.assert_close(head.blocked_linear(x, w, b), torch.nn.functional.linear(x, w, b))
+    torch.testing.assert_close(head.blocked_product(x, w, b), torch.nn.functional.linear(x, w, b))
     gr = torch.randn(rows, 30, generator=g)
-    torch.testing.assert_close(head.blocked_matmul(gr, w), gr @ w)
+    torch.testing.assert_close(head.blocked_product(gr, w, transpose=False), gr @ w)
     monkeypatch.setattr(head, "COL_BLOCK_ROWS", 4)  # beyond it: one product
-    torch.testing.assert_close(head.blocked_matmul(gr, w), gr @ w)
+    torch.testing.assert_close(head.blocked_product(gr, w, transpose=False), gr @ w)
 
 
 def test_native_size_gemm_head_is_the_original_classifier_call():

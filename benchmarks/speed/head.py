@@ -8,7 +8,7 @@ import torch
 from benchmarks.common import count_macs, table
 from fcn_cam import head as head_module
 from fcn_cam.geometry import feature_cover_padding
-from fcn_cam.head import run_head
+from fcn_cam.head import WindowGrid, run_head
 from fcn_cam.maps import pad_features
 from fcn_cam.runtime import input_like
 
@@ -32,7 +32,6 @@ def run(b: Bench) -> None:
     m = b.model("fp32")  # channels-last fp32: the features the head gets in a default run
     vgg = b.vgg
     rows, raw = [], []
-    k = b.fcn.head[0].kernel_size[0]
     cases = [(side, False) for side in b.cfg.sides] + [(b.cfg.sides[0], True)]
     for side, padded in cases:
         x = batch(b, side)
@@ -40,9 +39,9 @@ def run(b: Bench) -> None:
             f = m.features(input_like(m, x))
         head_macs = macs(b.fcn, tuple(x.shape)) - count_macs(b.fcn.features, tuple(x.shape))
         if padded:  # what a default explain hands the head: features padded by whole cells
-            pad = feature_cover_padding(b.fcn.features, b.fcn.head, side, side)
-            f = pad_features(f, pad)
-            h, w = f.shape[-2] - k + 1, f.shape[-1] - k + 1
+            f = pad_features(f, feature_cover_padding(b.fcn.features, b.fcn.head, side, side))
+        h, w = WindowGrid.of(b.fcn.head[0], f.shape).windows
+        if padded:
             head_macs *= h * w  # one window's MACs per window
         fns = {"conv": lambda f=f: run_head(m.head, f, "conv"), "gemm": lambda f=f: run_head(m.head, f, "gemm"),
                "gemm_one": lambda f=f: one_product(m.head, f)}
@@ -52,7 +51,7 @@ def run(b: Bench) -> None:
             diff = float((run_head(m.head, f, "gemm") - run_head(m.head, f, "conv")).abs().max())
             t = interleaved(fns, b.cfg.repeats if side == 224 else b.cfg.repeats_large)
         d = {"side": side, "padded": padded, "features": list(f.shape[-2:]),
-             "map": [f.shape[-2] - k + 1, f.shape[-1] - k + 1],
+             "map": [h, w],
              "gmac": head_macs / 1e9, "conv_ms": ms(t["conv"]), "gemm_ms": ms(t["gemm"]),
              "gemm_one_ms": ms(t["gemm_one"]),
              "original_ms": ms(t["original"]) if "original" in t else None, "max_abs_diff": diff}

@@ -253,3 +253,36 @@ def cell_centre(
     y = to_image(geometry.y.stride * cell[0] + geometry.y.offset, input_size[0], image_size[0])
     x = to_image(geometry.x.stride * cell[1] + geometry.x.offset, input_size[1], image_size[1])
     return x, y
+
+
+# TEMPORARY (jobs branch): replaced at merge by the headgrid branch's version.
+def activation_bytes(fcn, height: int, width: int) -> int:
+    import math
+
+    itemsize = next(fcn.parameters()).element_size()
+    size, channels = [height, width], 3
+    peak = channels * height * width
+    for layer in spatial_layers(fcn):
+        k, s, d = layer_params(layer)
+        p = [sum(pair) for pair in layer_padding(layer)]
+        rnd = math.ceil if getattr(layer, "ceil_mode", False) else math.floor
+        new = [rnd((size[a] + p[a] - d[a] * (k[a] - 1) - 1) / s[a]) + 1 for a in (0, 1)]
+        if min(new) <= 0:
+            break
+        c = layer.out_channels if isinstance(layer, nn.Conv2d) else channels
+        peak = max(peak, channels * size[0] * size[1] + c * new[0] * new[1])
+        size, channels = new, c
+    return 2 * peak * itemsize
+
+
+def input_activation_bytes(fcn, size, sides, pad: str) -> int:
+    from .images import input_shape
+
+    worst = 0
+    for side in sides:
+        h, w = input_shape(size, side)
+        if pad != "none":
+            top, bottom, left, right = cover_padding(fcn, h, w)
+            h, w = h + top + bottom, w + left + right
+        worst = max(worst, activation_bytes(fcn, h, w))
+    return worst

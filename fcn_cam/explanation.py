@@ -31,7 +31,7 @@ from .geometry import Geometry, align, cell_centre, cover_padding, feature_cover
 from .images import ImageError, ImageLike, as_image, load_image, to_input
 from .maps import Padding, cell_maps_of, forward
 from .metrics import threshold_box
-from .settings import Settings, resolve_pad
+from .settings import Runtime, Settings, resolve_pad
 from .surgery import FCN
 
 
@@ -296,7 +296,7 @@ def explain_files(
     paths: Iterable[str | os.PathLike],
     settings: Settings | None = None,
     *,
-    batch_size: int = 8,
+    batch_size: int = Runtime.batch_size,
     workers: int = 2,
     load: Callable[[Path], Image.Image] = load_image,
     **overrides: Any,

@@ -38,6 +38,60 @@ if TYPE_CHECKING:
     from .surgery import FCN
 
 
+def expected_errors() -> tuple[type[Exception], ...]:
+    """The errors a command reports as one line (bad input, not a bug)."""
+    from .distributed import RayRunError
+    from .modelfile import ModelFileError
+    from .outputs import OutputError
+    from .surgery import ConversionError
+    from .zoo import WeightsError
+
+    return ModelFileError, WeightsError, ConversionError, ValueError, FileExistsError, OutputError, RayRunError
+
+
+# -- convert, info -------------------------------------------------------------------------
+
+
+def convert_file(
+    source: str, output: Path, *, weights: str = "DEFAULT", output_stride: int | None = None,
+    overwrite: bool = False, device: str = "cpu", classes: Path | None = None,
+    model_output: str | None = None, **onnx: Any,
+) -> FCN:
+    """``fcn-cam convert``: an architecture name or an ONNX file, converted, checked against
+    the original and saved to ``output`` (never over an existing file without ``overwrite``)."""
+    from . import zoo
+    from .modelfile import save
+
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output}: already exists (pass --overwrite)")
+    if source.lower().endswith(".onnx"):
+        from .importers.onnx import convert_onnx
+
+        names = [line.strip() for line in classes.read_text().splitlines() if line.strip()] if classes else None
+        selected = int(model_output) if model_output is not None and model_output.lstrip("-").isdigit() \
+            else model_output
+        fcn = convert_onnx(source, onnx.pop("input_size", None), class_names=names, output=selected,
+                           output_stride=output_stride, **onnx)
+    else:
+        fcn = zoo.load_arch(source, weights, output_stride=output_stride, device=device)
+    save(fcn, output, overwrite=overwrite)
+    return fcn
+
+
+def describe_file(path: Path) -> dict[str, Any]:
+    """``fcn-cam info``: a model file's metadata, read without running any code from it."""
+    from .modelfile import read, validate
+
+    obj = read(path)
+    validate(obj, path)
+    meta = dict(obj["info"])
+    names = meta.pop("class_names") or []
+    meta["classes"] = f"{len(names)} ({', '.join(names[:3])}{', …' if len(names) > 3 else ''})"
+    meta["format"] = f"{obj['format']} v{obj['version']}"
+    meta["parameters"] = sum(t.numel() for t in obj["state_dict"].values())
+    return meta
+
+
 # -- memory budget -------------------------------------------------------------------------
 
 
@@ -357,7 +411,8 @@ def summary(job: ExplainJob, interrupted: bool = False) -> str | None:
         return (f"interrupted: {t.written} written, {t.failed} failed, {t.skipped} skipped, "
                 f"{t.not_done} not done{where}")
     if t.failed:
-        return f"{t.failed} of {t.total} images failed" + (f" ({t.skipped} skipped as done)" if t.skipped else "")
+        done = f" ({t.skipped} skipped as done)" if t.skipped else ""
+        return f"{t.failed} of {t.total} images failed{done}"
     return None
 
 

@@ -17,7 +17,7 @@ def commit(out: OutputDir | None, r: Result) -> Result:
     when there is no folder; set ``r.record``, ``r.skipped`` (done meanwhile by another
     process) or ``r.error`` (this image only: the disk, non-finite maps, anything), and drop
     the image and its maps."""
-    if r.error is None and r.record is None:  # (a Ray actor may have written it already)
+    if r.error is None and r.record is None and r.skipped is None:  # (Ray: an actor wrote it)
         try:
             r.record = record_of(out, r.explanation, r.image)
         except AlreadyDone as e:

@@ -268,23 +268,22 @@ def _check_square(fcn: FCN, s: Settings, budget: int | None) -> None:
 
 def find_inputs(images: Sequence[Path], out: OutputDir | None, ray: bool, notes: list[str]) -> list[Path]:
     """The image files under ``images`` (folders recursively; with Ray also list files and
-    globs), without the output folder's own files."""
+    globs), without anything inside the output folder (its files are never inputs)."""
     from . import distributed
     from .images import find_images
-    from .outputs import is_output_name
 
     expand = distributed.image_paths if ray else find_images
     paths = list(expand(images, exclude=[out.root] if out else []))
     if out:
-        root = os.path.realpath(out.root)
-        ours = {p for p in paths if os.path.realpath(p.parent) == root and is_output_name(p.name)}
+        root = Path(os.path.realpath(out.root))
+        ours = [p for p in map(Path, images) if p.is_file() and root in Path(os.path.realpath(p)).parents]
         if ours:
-            paths = [p for p in paths if p not in ours]
-            notes.append(f"note: skipped {len(ours)} input(s) named like fcn-cam's own outputs in {out.root} "
-                         f"(e.g. {sorted(ours)[0].name})")
+            notes.append(f"note: skipped {len(ours)} input(s) inside the output folder {out.root} (e.g. "
+                         f"{ours[0].name}): what is there is fcn-cam's own output, never an input")
         out.protect = {Path(os.path.realpath(p)) for p in paths}
     if not paths:
-        why = f" ({notes[-1].removeprefix('note: ')})" if notes and "named like" in notes[-1] else ""
+        inside = notes and "inside the output folder" in notes[-1]
+        why = f" ({notes[-1].removeprefix('note: ')})" if inside else ""
         raise ValueError(f"no images found in the given paths{why}")
     return paths
 
@@ -305,6 +304,10 @@ def plan_explain(
 
     check_colormap(output.colormap)
     budget = budget_of(max_memory)
+    if ray is not None:  # missing Ray: one line now, not after the model is loaded
+        from .distributed import require_ray
+
+        require_ray()
     notes: list[str] = []
     fcn = _open_prepared(spec, runtime, ray is not None, notes)
     s = settings.for_model(fcn)

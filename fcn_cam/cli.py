@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from .names import NAMES
-from .settings import DEFAULT_SCALE, Output, Runtime, Settings
+from .settings import DEFAULT_OUTPUT, DEFAULT_SCALE, Output, Runtime, Settings
 
 if TYPE_CHECKING:
     from .jobs import Event
@@ -176,7 +176,9 @@ Rank = Annotated[str, typer.Option(
     help="Rank classes by the spatial 'mean' or 'max' of their maps; 'auto': mean for GAP heads (= the "
     "logits), max (the strongest window) for FC heads.")]
 OutDir = Annotated[Path | None, typer.Option(
-    "-o", "--output-dir", help="Write overlays, raw maps and explanations.jsonl here.")]
+    "-o", "--output-dir", help="Write overlays, raw maps and explanations.jsonl here (default: "
+    f"./{DEFAULT_OUTPUT}, or $FCN_CAM_OUTPUT, redoing the images given).")]
+NoSave = Annotated[bool, typer.Option("--no-save", help="Write nothing: only print the JSON lines.")]
 Colormap = Annotated[str, typer.Option(help="Matplotlib colormap for overlays.")]
 Alpha = Annotated[float, typer.Option(help="Heatmap opacity in overlays.", min=0, max=1)]
 BoxFraction = Annotated[float | None, typer.Option(
@@ -225,7 +227,7 @@ def printer(progress: bool):
 def run_job(job) -> None:
     """Run a planned job with the terminal's printer; exit 1 if an image failed, 128 + the
     signal's number if interrupted."""
-    from .jobs import Interrupted, run, summary, terminating_signals
+    from .jobs import Interrupted, run, summary, terminating_signals, where_written
 
     progress = sys.stderr.isatty()
     try:
@@ -238,6 +240,9 @@ def run_job(job) -> None:
         raise fail(str(e), 1) from None
     if progress:
         echo_err("")
+    where = where_written(job)
+    if where:
+        echo_err(where)
     line = summary(job)
     if line:
         echo_err(line)
@@ -249,7 +254,8 @@ def explain(
     images: Images, model: ModelOpt, scale: ScaleOpt = None, class_: ClassOpt = None,
     top_k: TopK = Settings.top_k, maps: MapsOpt = Settings.maps, pad: PadOpt = Settings.pad,
     no_pad: NoPad = False, clamp: Clamp = Settings.clamp, rank: Rank = Settings.rank,
-    output_dir: OutDir = None, colormap: Colormap = Output.colormap, alpha: Alpha = Output.alpha,
+    output_dir: OutDir = None, no_save: NoSave = False, colormap: Colormap = Output.colormap,
+    alpha: Alpha = Output.alpha,
     box_fraction: BoxFraction = None, batch_size: BatchSize = Runtime.batch_size,
     weights: ArchWeights = "DEFAULT", output_stride: ArchStride = None,
     precision: Precision = Runtime.precision, device: Device = Runtime.device,
@@ -258,11 +264,11 @@ def explain(
 ) -> None:
     """Explain images: one forward pass per image and scale gives every class's map.
 
-    Prints one JSON line per image written; with -o also writes `<stem>.<key>_cam.png`
-    (overlay at the image's size), `<stem>.<key>_cam.npy` (raw map, one per scale) and a line in
-    `explanations.jsonl`; images already done there are skipped before decoding (run the same
-    command again to resume). A file that fails is reported and the rest go on; the exit
-    code is then 1.
+    Prints one JSON line per image and writes `<stem>.<key>_cam.png` (overlay at the image's
+    size), `<stem>.<key>_cam.npy` (raw map, one per scale) and a line in `explanations.jsonl`
+    into the -o folder (default ./fcn-cam-out, said at the end; --no-save writes nothing). In
+    an -o folder, images already done are skipped before decoding (run the same command again
+    to resume). A file that fails is reported and the rest go on; the exit code is then 1.
     """
     from .jobs import ModelSpec, plan_explain
 
@@ -271,7 +277,11 @@ def explain(
                             clamp=clamp, target=class_, top_k=top_k, box_fraction=box_fraction, rank=rank)
         runtime = Runtime(device=device, precision=precision, channels_last=channels_last,
                           batch_size=batch_size)
-        output = Output(output_dir, overwrite=overwrite, colormap=colormap, alpha=alpha)
+        look = {"colormap": colormap, "alpha": alpha}
+        if no_save and output_dir is not None:
+            raise ValueError("--no-save writes nothing; do not combine it with -o")
+        output = Output.default(**look) if output_dir is None and not no_save else \
+            Output(output_dir, overwrite=overwrite, **look)
         ray_opts = {"address": ray, "actors": ray_actors, "num_gpus": ray_gpus} if ray is not None else None
         job = plan_explain(images, ModelSpec(model, weights, output_stride), settings, runtime, output,
                            max_memory=max_memory, ray=ray_opts)

@@ -365,6 +365,10 @@ def _results(job: ExplainJob) -> Iterator[Result]:
         batch_size=job.runtime.batch_size)
 
 
+#: What a folder's record adds to the explanation's own (:mod:`fcn_cam.outputs`).
+STORAGE_FIELDS = ("key", "request", "files")
+
+
 def run(job: ExplainJob, emit: Callable[[Event], None]) -> Tally:
     """Carry out ``job``: every result committed (:func:`fcn_cam.records.commit`) and
     reported through ``emit`` by the writer thread, in input order (Ray: completion order).
@@ -392,7 +396,10 @@ def run(job: ExplainJob, emit: Callable[[Event], None]) -> Tally:
             emit(Event("error", r.error))
         else:
             tally.written += 1
-            emit(Event("record", record=r.record))
+            record = r.record
+            if job.output.implicit:  # the plain record, as without a folder
+                record = {k: v for k, v in record.items() if k not in STORAGE_FIELDS}
+            emit(Event("record", record=record))
         return r
 
     stream = prefetch(finish, _results(job), workers=1, depth=4)
@@ -404,6 +411,14 @@ def run(job: ExplainJob, emit: Callable[[Event], None]) -> Tally:
         if job.out:
             job.out.close()
     return tally
+
+
+def where_written(job: ExplainJob) -> str | None:
+    """The line that says where a run without ``-o`` put what it wrote."""
+    if not (job.output.implicit and job.tally.written):
+        return None
+    return (f"wrote overlays and maps of {job.tally.written} image(s) to {job.output.dir}/ (records in "
+            f"{job.out.jsonl}); -o DIR writes elsewhere, --no-save only prints")
 
 
 def summary(job: ExplainJob, interrupted: bool = False) -> str | None:

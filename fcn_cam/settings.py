@@ -34,6 +34,8 @@ DEFAULT_SCALE: tuple[float, ...] = (1.0, 2.0)
 DEFAULT_MAPS = "cells"
 DEFAULT_PAD = "features"
 DEFAULT_CLAMP = False
+#: Where ``fcn-cam explain`` writes when not given ``-o`` (``$FCN_CAM_OUTPUT`` overrides it).
+DEFAULT_OUTPUT = "fcn-cam-out"
 #: The box is the largest region above this fraction of the heatmap's range, per map kind.
 BOX_FRACTION: dict[str, float] = {"scores": 0.65, "cells": 0.4}
 
@@ -201,6 +203,18 @@ class Output:
     alpha: float = 0.5
     report: bool = False
     protect: frozenset[Path] = field(default_factory=frozenset)
+    #: the folder was not asked for (``explain`` without ``-o``): the images given are redone
+    #: and stdout carries the plain records, as without a folder
+    implicit: bool = False
+
+    @classmethod
+    def default(cls, **kwargs: Any) -> Output:
+        """The folder ``explain`` writes to without ``-o``: ``$FCN_CAM_OUTPUT`` or
+        :data:`DEFAULT_OUTPUT` in the working directory."""
+        import os
+
+        where = Path(os.environ.get("FCN_CAM_OUTPUT") or DEFAULT_OUTPUT)
+        return cls(where, **{**kwargs, "overwrite": True, "implicit": True})
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:

@@ -195,3 +195,21 @@ def test_second_signal_exits_at_once():
     with jobs.terminating_signals():
         pass
     assert signal.getsignal(signal.SIGTERM) is old  # restored
+
+
+def test_without_o_a_default_folder_is_written_and_said(small_model_file, photos, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FCN_CAM_OUTPUT")
+    for _ in range(2):  # the images given are redone each time: same line, same files
+        r = run("explain", "-m", small_model_file, "--scale", "1", photos["cat"])
+        assert r.exit_code == 0, r.output
+        (line,) = r.stdout.splitlines()
+        assert set(json.loads(line)) >= {"image", "class_index", "box"} and "files" not in json.loads(line)
+        assert "wrote overlays and maps of 1 image(s) to fcn-cam-out/" in r.stderr
+        (rec,) = jsonl(tmp_path / "fcn-cam-out")
+        assert (tmp_path / "fcn-cam-out" / rec["files"][0]["overlay"]).is_file()
+    r = run("explain", "-m", small_model_file, "--scale", "1", "--no-save", photos["gray"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["image"] == str(photos["gray"]) and r.stderr == ""
+    assert len(jsonl(tmp_path / "fcn-cam-out")) == 1
+    r = run("explain", "-m", small_model_file, "--no-save", "-o", tmp_path / "x", photos["gray"])
+    assert r.exit_code == 2 and "--no-save" in r.output

@@ -271,12 +271,15 @@ def find_inputs(images: Sequence[Path], out: OutputDir | None, ray: bool, notes:
     globs), without anything inside the output folder (its files are never inputs)."""
     from . import distributed
     from .images import find_images
+    from .outputs import is_output_name
 
     expand = distributed.image_paths if ray else find_images
     paths = list(expand(images, exclude=[out.root] if out else []))
     if out:
-        root = Path(os.path.realpath(out.root))
-        ours = [p for p in map(Path, images) if p.is_file() and root in Path(os.path.realpath(p)).parents]
+        root = os.path.realpath(out.root)  # (a folder that is also the output folder holds our files)
+        paths = [p for p in paths if not (os.path.realpath(p.parent) == root and is_output_name(p.name))]
+        kept = set(paths)
+        ours = [p for p in map(Path, images) if p.is_file() and p not in kept]
         if ours:
             notes.append(f"note: skipped {len(ours)} input(s) inside the output folder {out.root} (e.g. "
                          f"{ours[0].name}): what is there is fcn-cam's own output, never an input")

@@ -30,7 +30,8 @@ from PIL import Image
 from torch import nn
 
 from fcn_cam import convert
-from fcn_cam.explanation import class_scores, network_input, score_maps, sides
+from fcn_cam.explanation import class_scores, network_input, sides
+from fcn_cam.maps import score_maps
 
 # the submodule, not the re-exported function of the same name
 T = importlib.import_module("fcn_cam.demo.twins")

@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .explanation import Result, explain_files, prefetch
+from .explanation import Result, explain_files, failure, prefetch
 from .images import ImageError, decode_batch, find_images
 from .modelfile import load
-from .outputs import OutputDir, record_of
+from .outputs import OutputDir
+from .records import commit
 from .runtime import prepare
 from .surgery import FCN
 
@@ -85,7 +86,7 @@ class Explainer:
         runtime: keyword arguments of :func:`fcn_cam.prepare` (precision, device, …), applied
             here so that each actor resolves ``auto`` on its own hardware.
         output: keyword arguments of :class:`OutputDir` (overwrite, colormap, alpha).
-        options: keyword arguments of :func:`fcn_cam.explain_files` (scale, top_k, …).
+        options: keyword arguments of :func:`fcn_cam.explain_files` (``settings``, ``batch_size``, …).
     """
 
     def __init__(self, model: FCN | str | os.PathLike, output_dir: str | None, cwd: str,
@@ -98,19 +99,9 @@ class Explainer:
         # Several processes may write into one OutputDir: its commits are locked (flock).
         self.out = OutputDir(output_dir, **output) if output_dir is not None else None
 
-    def _write(self, r: Result) -> Result:
-        """What ``fcn-cam explain`` does with each result: write it, keep only the record."""
-        if r.error is None:
-            try:
-                r.record = record_of(self.out, r.explanation, r.image)
-            except (OSError, ValueError) as e:  # already done, non-finite, disk: this image only
-                r.error = str(e)
-        r.image = r.explanation = None
-        return r
-
     def _explain(self, names: list[Path], lookup) -> Iterator[Result]:
         results = explain_files(self.fcn, names, load=lookup, **self.options)
-        return prefetch(self._write, results, workers=1, depth=4)
+        return prefetch(lambda r: commit(self.out, r), results, workers=1, depth=4)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         names = [Path(p) for p in batch["path"]]
@@ -127,8 +118,9 @@ class Explainer:
             self._run(names, lookup, done)
         return {
             "path": [str(r.path) for r in done],
-            "record": [json.dumps(r.record) if r.error is None else "" for r in done],
+            "record": [json.dumps(r.record) if r.record is not None else "" for r in done],
             "error": [r.error or "" for r in done],
+            "skipped": [r.skipped or "" for r in done],
         }
 
     def _run(self, names: list[Path], lookup, done: list[Result]) -> None:
@@ -139,8 +131,8 @@ class Explainer:
             for name in names[len(done):]:
                 try:
                     done += self._explain([name], lookup)
-                except Exception as e:
-                    done.append(Result(name, error=f"{name}: {type(e).__name__}: {e}"))
+                except Exception as e:  # noqa: BLE001 - this image's failure
+                    done.append(Result(name, error=failure(name, e)))
 
 
 @contextmanager
@@ -193,8 +185,8 @@ def explain_dataset(
         runtime: keyword arguments of :func:`fcn_cam.prepare` (``precision``, ``device``, …),
             applied in each actor.
         output: keyword arguments of :class:`OutputDir` (``overwrite``, ``colormap``, ``alpha``).
-        **options: keyword arguments of :func:`fcn_cam.explain_files` (``scale``, ``target``,
-            ``top_k``, ``batch_size``, …), passed through unchanged.
+        **options: keyword arguments of :func:`fcn_cam.explain_files` (``settings``,
+            ``batch_size``, or any :class:`~fcn_cam.settings.Settings` field), passed through unchanged.
 
     Raises:
         ImportError: Ray Data is not installed.
@@ -295,6 +287,6 @@ def _stream(ray, model, paths, root, actors, num_cpus, num_gpus, decode_cpus, ru
     )
     # Each block as soon as it is done (iter_rows prefetches one: a block's records waited for the next)
     for out in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
-        for path, record, error in zip(out["path"], out["record"], out["error"]):
-            error = str(error) or None
-            yield Result(Path(str(path)), error=error, record=None if error else json.loads(str(record)))
+        for path, record, error, skipped in zip(out["path"], out["record"], out["error"], out["skipped"]):
+            record = json.loads(str(record)) if str(record) else None
+            yield Result(Path(str(path)), error=str(error) or None, record=record, skipped=str(skipped) or None)

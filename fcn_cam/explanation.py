@@ -14,29 +14,25 @@ resampled onto the original image with cell values at their centres
 
 from __future__ import annotations
 
-import difflib
-import math
+import gc
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 
-# the defaults: chosen on the demo scenes' validation split (benchmarks/results/localization.md)
-from .defaults import BOX_FRACTION, DEFAULT_CLAMP, DEFAULT_MAPS, DEFAULT_PAD, DEFAULT_SCALE
 from .geometry import Geometry, align, cell_centre, cover_padding, feature_cover_padding
 from .images import ImageError, ImageLike, as_image, load_image, to_input
-from .maps import MAP_KINDS, Padding, cell_maps_of, forward, score_maps  # noqa: F401 (score_maps re-exported)
+from .maps import Padding, cell_maps_of, forward
 from .metrics import threshold_box
+from .settings import Runtime, Settings, resolve_pad
 from .surgery import FCN
-
-Scales = float | Sequence[float]
 
 
 @dataclass
@@ -66,6 +62,8 @@ class Explanation:
     maps: str = "scores"  # the map kind: window scores or cell decomposition
     clamp: bool = False
     targets: list[Target] = field(default_factory=list)
+    #: the decoded RGB image (for display; never part of a record)
+    pixels: Image.Image | None = field(default=None, repr=False, compare=False)
 
     def record(self) -> dict:
         """The JSON line for ``explanations.jsonl`` (primary target first)."""
@@ -94,74 +92,14 @@ class Explanation:
         }
 
 
-def resolve_class(fcn: FCN, target: int | str) -> int:
-    """A class index from an index or a (case-insensitive) class name."""
-    names = fcn.class_names or []
-    k = fcn.num_classes
-    if isinstance(target, str) and target.strip().lstrip("-").isdigit() or isinstance(target, np.integer):
-        target = int(target)
-    if isinstance(target, int):
-        if not 0 <= target < k:
-            raise ValueError(f"class index {target} out of range [0, {k})")
-        return target
-    lower = [n.lower() for n in names]
-    if target.lower() in lower:
-        return lower.index(target.lower())
-    close = difflib.get_close_matches(target.lower(), lower, n=3)
-    hint = f"; did you mean {', '.join(repr(names[lower.index(c)]) for c in close)}?" if close else ""
-    raise ValueError(f"unknown class name {target!r}{hint}")
-
-
-RANKS = ("auto", "mean", "max")
-
-
-def resolve_rank(fcn: FCN, rank: str) -> str:
-    """The statistic ``rank`` stands for on this model: ``mean`` or ``max``."""
-    if rank not in RANKS:
-        raise ValueError(f"rank must be one of {', '.join(RANKS)}, got {rank!r}")
-    if rank == "auto":
-        rank = "mean" if fcn.info.get("head") == "gap" else "max"
-    return rank
-
-
 def class_scores(maps: torch.Tensor, rank: str) -> torch.Tensor:
     """``[..., K, h, w]`` maps → ``[..., K]`` scores: spatial ``mean`` or ``max``."""
     return maps.mean(dim=(-2, -1)) if rank == "mean" else maps.amax(dim=(-2, -1))
 
 
-def _scales(scale: Scales) -> list[float]:
-    scales = [float(scale)] if isinstance(scale, int | float) else [float(s) for s in scale]
-    if not scales or not all(math.isfinite(s) and s > 0 for s in scales):
-        got = ", ".join(f"{s:g}" for s in scales) or "none"
-        raise ValueError(f"scales must be finite and positive, got {got}")
-    return scales
-
-
 def sides(fcn: FCN, scales: Sequence[float]) -> list[int]:
     """Network input shorter sides: ``round(scale × input_size)``."""
     return [round(s * min(fcn.input_size)) for s in scales]
-
-
-PADS = ("features", "cover", "window", "none")
-
-
-def resolve_maps(maps: str) -> str:
-    if maps not in MAP_KINDS:
-        raise ValueError(f"maps must be one of {', '.join(MAP_KINDS)}, got {maps!r}")
-    return maps
-
-
-def resolve_pad(pad: str | bool) -> str:
-    """``features``: the body runs on the unpadded image and its feature map is zero-padded
-    until the window centres cover every pixel (the cheap way: only the head sees the
-    padding); ``cover``: the input is padded with the mean colour, the least after which the
-    cells of the map kind cover every pixel (score maps: window centres; cell maps:
-    feature-cell centres); ``window``: the input padded as ``cover`` pads for score maps,
-    whatever the map kind; ``none``. ``True``/``False`` mean cover/none."""
-    pad = {True: "cover", False: "none"}.get(pad, pad) if isinstance(pad, bool) else pad
-    if pad not in PADS:
-        raise ValueError(f"pad must be one of {', '.join(PADS)}, got {pad!r}")
-    return pad
 
 
 def map_geometry(fcn: FCN, maps: str) -> Geometry:
@@ -178,9 +116,10 @@ class NetInput(NamedTuple):
 
 def network_input(fcn: FCN, image: Image.Image, side: int, pad: str | bool, maps: str = "scores") -> NetInput:
     """The normalized image with its shorter side resized to ``side``, padded with zeros
-    (the mean colour) as ``pad`` says (:func:`resolve_pad`). With ``pad="features"`` the
-    image stays unpadded and ``feature_pad`` says how to pad the features; ``pad`` is then
-    the input padding that would place the cells alike (cells × feature stride)."""
+    (the mean colour) as ``pad`` says (:func:`~fcn_cam.settings.resolve_pad`). With
+    ``pad="features"`` the image stays unpadded and ``feature_pad`` says how to pad the
+    features; ``pad`` is then the input padding that would place the cells alike (cells ×
+    feature stride)."""
     pad = resolve_pad(pad)
     x = to_input(image, side, fcn.info["mean"], fcn.info["std"])
     shape = (x.shape[-2], x.shape[-1])
@@ -195,43 +134,18 @@ def network_input(fcn: FCN, image: Image.Image, side: int, pad: str | bool, maps
     return NetInput(torch.nn.functional.pad(x, (left, right, top, bottom)), shape, (top, left))
 
 
-@dataclass(frozen=True)
-class Settings:
-    """How images are explained (the keyword arguments of :func:`explain`), checked once."""
-
-    scales: tuple[float, ...]
-    maps: str = DEFAULT_MAPS
-    pad: str = DEFAULT_PAD
-    clamp: bool = DEFAULT_CLAMP
-    target: int | None = None
-    top_k: int = 1
-    box_fraction: float | None = None
-    rank: str = "auto"
-    ranking_size: int = 5
-
-    @classmethod
-    def make(cls, fcn: FCN, *, scale: Scales = DEFAULT_SCALE, maps: str = DEFAULT_MAPS,
-             pad: str | bool = DEFAULT_PAD, clamp: bool = DEFAULT_CLAMP,
-             target: int | str | None = None, top_k: int = 1, box_fraction: float | None = None,
-             rank: str = "auto", ranking_size: int = 5) -> Settings:
-        _check_request(fcn, target, top_k)
-        maps = resolve_maps(maps)
-        if box_fraction is None:
-            box_fraction = BOX_FRACTION[maps]
-        if not 0.0 <= box_fraction <= 1.0:
-            raise ValueError(f"box_fraction must be in [0, 1], got {box_fraction}")
-        return cls(
-            tuple(_scales(scale)), maps, resolve_pad(pad), bool(clamp),
-            resolve_class(fcn, target) if target is not None else None,
-            top_k, box_fraction, resolve_rank(fcn, rank), ranking_size,
-        )
-
-    def inputs(self, fcn: FCN, image: Image.Image) -> list[NetInput]:
-        """The network input per scale."""
-        return [network_input(fcn, image, side, self.pad, self.maps) for side in sides(fcn, self.scales)]
+def inputs_of(fcn: FCN, image: Image.Image, s: Settings) -> list[NetInput]:
+    """The network input per scale."""
+    return [network_input(fcn, image, side, s.pad, s.maps) for side in sides(fcn, s.scale)]
 
 
-def _choose(fcn: FCN, scores: Sequence[torch.Tensor], s: Settings) -> tuple[torch.Tensor, torch.Tensor]:
+def settings_for(fcn: FCN, settings: Settings | None = None, **overrides: Any) -> Settings:
+    """``settings`` (default :class:`Settings`) with ``overrides``, resolved on ``fcn``
+    (:meth:`Settings.for_model`): checked once, before any work."""
+    return (settings or Settings()).replace(**overrides).for_model(fcn)
+
+
+def _choose(scores: Sequence[torch.Tensor], s: Settings) -> tuple[torch.Tensor, torch.Tensor]:
     """Class scores ``[B, K]`` (a spatial statistic, averaged over scales) and the classes
     to explain ``[B, T]``."""
     mean = torch.stack([class_scores(m.detach().float(), s.rank) for m in scores]).mean(0)
@@ -249,12 +163,13 @@ def explain_inputs(
     Args:
         inputs: per image, its :class:`NetInput` per scale.
         image_sizes: (width, height) of each original image.
+        settings: resolved on ``fcn`` (:func:`settings_for`).
     """
     s = settings
     cells = s.maps == "cells"
     passes = [forward(fcn, torch.stack([i[k].x for i in inputs]), cells=cells, pad=inputs[0][k].feature_pad)
-              for k in range(len(s.scales))]
-    scores, chosen = _choose(fcn, [p.scores for p in passes], s)
+              for k in range(len(s.scale))]
+    scores, chosen = _choose([p.scores for p in passes], s)
     maps = [cell_maps_of(p, chosen) if cells else
             p.scores.detach().float().gather(1, chosen[:, :, None, None].expand(-1, -1, *p.scores.shape[-2:]))
             for p in passes]
@@ -296,7 +211,7 @@ def summarize_one(
     base = map_geometry(fcn, s.maps)
     geoms = [base.shifted(*p) for p in pads]
     exp = Explanation(
-        image, width, height, list(s.scales), shapes, [tuple(m.shape[-2:]) for m in maps],
+        image, width, height, list(s.scale), shapes, [tuple(m.shape[-2:]) for m in maps],
         ranking, s.rank, pads, maps=s.maps, clamp=s.clamp,
     )
     for t, c in enumerate(classes):
@@ -320,55 +235,25 @@ def summarize_one(
     return exp
 
 
-def _as_image(image: ImageLike) -> tuple[Image.Image, str | None]:
-    """Every kind of input through one decoding path (:func:`fcn_cam.images.as_image`)."""
-    return as_image(image)
-
-
-def _check_request(fcn: FCN, target: int | str | None, top_k: int) -> None:
-    """Refuse a bad ``target``/``top_k`` up front, with the reason (not an IndexError later)."""
-    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
-    if target is not None and (isinstance(target, bool) or not isinstance(target, int | np.integer | str)):
-        raise ValueError(f"target must be a class index (int) or a class name (str), got {target!r}")
-
-
-def explain(
-    fcn: FCN,
-    image: ImageLike,
-    *,
-    scale: Scales = DEFAULT_SCALE,
-    maps: str = DEFAULT_MAPS,
-    target: int | str | None = None,
-    top_k: int = 1,
-    box_fraction: float | None = None,
-    rank: str = "auto",
-    pad: str | bool = DEFAULT_PAD,
-    clamp: bool = DEFAULT_CLAMP,
-) -> Explanation:
+def explain(fcn: FCN, image: ImageLike, settings: Settings | None = None, **overrides: Any) -> Explanation:
     """Explain one image: every class's score map from one forward pass per scale.
 
     Args:
         fcn: a converted model (:func:`fcn_cam.convert` or :func:`fcn_cam.load`).
         image: a path, a PIL image, a numpy array or a tensor (layout and range rule in
             :mod:`fcn_cam.images`), decoded the same way whatever the kind.
-        scale: the shorter side becomes ``scale × input_size``; several scales are fused
-            by averaging their aligned heatmaps and their class scores.
-        maps: ``"scores"`` — the window score maps ``S_c``; ``"cells"`` — the exact
-            per-feature-cell decomposition ``A_c`` of the window scores, from one backward
-            pass through the head only (:mod:`fcn_cam.maps`).
-        target: a class index or name (default: the ``top_k`` best classes).
-        box_fraction: the box covers the largest region above this fraction of the
-            heatmap's range (default per map kind, chosen on validation: ``BOX_FRACTION``).
-        rank: how classes are ranked (``auto``, ``mean``, ``max``; module docstring).
-        pad: ``cover`` (pad the input with the mean colour just enough that the map's cells
-            cover the whole image), ``window`` or ``none`` (:func:`resolve_pad`).
-        clamp: clamp the heatmap at 0 (negative evidence shown as none).
+        settings: how to explain (:class:`~fcn_cam.settings.Settings`; default: its defaults).
+        **overrides: any :class:`~fcn_cam.settings.Settings` field, e.g. ``scale=2``,
+            ``maps="scores"``, ``target="tabby"``, ``top_k=3``, ``pad="none"``.
+
+    Returns:
+        The :class:`Explanation`, with the decoded image in ``pixels``.
     """
-    s = Settings.make(fcn, scale=scale, maps=maps, pad=pad, clamp=clamp, target=target, top_k=top_k,
-                      box_fraction=box_fraction, rank=rank)
-    img, name = _as_image(image)
-    return explain_inputs(fcn, [s.inputs(fcn, img)], [img.size], s, [name])[0]
+    s = settings_for(fcn, settings, **overrides)
+    img, name = as_image(image)
+    exp = explain_inputs(fcn, [inputs_of(fcn, img, s)], [img.size], s, [name])[0]
+    exp.pixels = img
+    return exp
 
 
 @dataclass
@@ -380,6 +265,7 @@ class Result:
     image: Image.Image | None = None
     error: str | None = None
     record: dict | None = None  # the JSON line, once written
+    skipped: str | None = None  # why it was not written (done meanwhile by another process)
 
 
 def prefetch(fn, items: Iterable, workers: int, depth: int | None = None) -> Iterator:
@@ -396,45 +282,61 @@ def prefetch(fn, items: Iterable, workers: int, depth: int | None = None) -> Ite
             yield pending.popleft().result()
 
 
+def failure(path: str | os.PathLike, e: BaseException) -> str:
+    """One line for an image that failed unexpectedly: the file, the error type and its first
+    line (``MemoryError`` says what to try)."""
+    if isinstance(e, MemoryError):
+        return f"{path}: out of memory ({e or 'MemoryError'}); try a smaller --scale or --batch-size 1"
+    text = str(e).strip().splitlines()
+    return f"{path}: {type(e).__name__}: {text[0] if text else 'no detail'}"
+
+
 def explain_files(
     fcn: FCN,
     paths: Iterable[str | os.PathLike],
+    settings: Settings | None = None,
     *,
-    scale: Scales = DEFAULT_SCALE,
-    maps: str = DEFAULT_MAPS,
-    target: int | str | None = None,
-    top_k: int = 1,
-    box_fraction: float | None = None,
-    batch_size: int = 8,
+    batch_size: int = Runtime.batch_size,
     workers: int = 2,
-    rank: str = "auto",
-    pad: str | bool = DEFAULT_PAD,
-    clamp: bool = DEFAULT_CLAMP,
     load: Callable[[Path], Image.Image] = load_image,
+    **overrides: Any,
 ) -> Iterator[Result]:
     """Explain many files, in order; a file that fails yields a :class:`Result` with the error.
 
-    Takes :func:`explain`'s keyword arguments. Decoding and resizing run in a thread pool
-    ahead of the network; consecutive images whose inputs have the same shape are batched
-    (others run alone — padding would change the border cells). ``load`` opens one path
-    (raising :class:`ImageError`); callers that decoded elsewhere, like
-    :mod:`fcn_cam.distributed`, pass a lookup instead.
+    Takes :func:`explain`'s ``settings`` and overrides. Decoding and resizing run in a thread
+    pool ahead of the network; consecutive images whose inputs have the same shape are
+    batched (others run alone — padding would change the border cells). ``load`` opens one
+    path (raising :class:`ImageError`); callers that decoded elsewhere, like
+    :mod:`fcn_cam.distributed`, pass a lookup instead. Any error while explaining one image
+    (memory, a decoder bug, non-finite values) is that image's failure: a batch that fails
+    is redone one image at a time, so only the culprit fails, and the run goes on.
     """
-    s = Settings.make(fcn, scale=scale, maps=maps, pad=pad, clamp=clamp, target=target, top_k=top_k,
-                      box_fraction=box_fraction, rank=rank)  # fails once, before any work
+    s = settings_for(fcn, settings, **overrides)  # fails once, before any work
 
     def prepare(path: Path) -> tuple[Path, Image.Image | None, list[NetInput] | None, str | None]:
         try:
             img = load(path)
-            return path, img, s.inputs(fcn, img), None
+            return path, img, inputs_of(fcn, img, s), None
         except ImageError as e:
             return path, None, None, str(e)
+        except Exception as e:  # noqa: BLE001 - a decoder bug or memory: this image only
+            return path, None, None, failure(path, e)
 
-    def flush(group: list) -> Iterator[Result]:
+    def run(group: list) -> list[Result]:
         exps = explain_inputs(fcn, [g[2] for g in group], [g[1].size for g in group], s,
                               [str(g[0]) for g in group])
-        for (path, img, _, _), exp in zip(group, exps):
-            yield Result(path, exp, img)
+        for (_, img, _, _), exp in zip(group, exps):
+            exp.pixels = img
+        return [Result(path, exp, img) for (path, img, _, _), exp in zip(group, exps)]
+
+    def flush(group: list) -> list[Result]:
+        try:
+            return run(group)
+        except Exception as e:  # noqa: BLE001 - this image's failure (or the batch's: retried alone)
+            gc.collect()  # after a MemoryError: free the failed batch before going on
+            if len(group) == 1:
+                return [Result(group[0][0], error=failure(group[0][0], e))]
+            return [r for item in group for r in flush([item])]
 
     group: list = []
     for path, img, xs, err in prefetch(prepare, (Path(p) for p in paths), workers):

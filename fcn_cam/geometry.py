@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 
+from .layers import pair
+
 # Children that run beside the main path (ResNet's 1x1 projection); their geometry
 # matches the main path's by construction, so the walk follows the main path only.
 SHORTCUT_NAMES = frozenset({"downsample", "shortcut"})
@@ -24,11 +26,6 @@ SHORTCUT_NAMES = frozenset({"downsample", "shortcut"})
 # bottom/right) shift and enlarge the map like a 1×1, stride-1 layer with padding.
 PADS = (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d)
 SPATIAL = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, *PADS)
-
-
-def pair(v: int | tuple[int, ...]) -> tuple[int, int]:
-    """A layer's ``kernel_size``/``stride``/``padding``/``dilation`` as a (y, x) pair."""
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def spatial_layers(module: nn.Module) -> Iterator[nn.Module]:
@@ -296,3 +293,4 @@ def cell_centre(
     y = to_image(geometry.y.stride * cell[0] + geometry.y.offset, input_size[0], image_size[0])
     x = to_image(geometry.x.stride * cell[1] + geometry.x.offset, input_size[1], image_size[1])
     return x, y
+

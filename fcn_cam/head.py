@@ -27,7 +27,7 @@ import torch.autograd.forward_ad as fwad
 import torch.nn.functional as F
 from torch import nn
 
-from .geometry import pair
+from .layers import pair
 
 Padding = tuple[int, int, int, int]  # (top, bottom, left, right), in feature cells
 

@@ -16,6 +16,16 @@ import fcn_cam
 NATIVE = 64  # planted model: three 2x2 pools -> 8x8 features at 64 px
 
 
+@pytest.fixture(scope="session", autouse=True)
+def default_output_folder(tmp_path_factory):
+    """``fcn-cam explain`` without ``-o`` writes to ``$FCN_CAM_OUTPUT``: a temporary folder
+    here, never the working directory."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FCN_CAM_OUTPUT", str(tmp_path_factory.mktemp("fcn-cam-out")))
+    yield
+    mp.undo()
+
+
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every BatchNorm non-trivial statistics and affine parameters."""
     g = torch.Generator().manual_seed(seed)

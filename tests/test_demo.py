@@ -216,8 +216,8 @@ def test_demo_reports_the_truth(tmp_path):
     from PIL import Image
 
     from fcn_cam.demo.showcase import run
-    from fcn_cam.explanation import BOX_FRACTION, DEFAULT_CLAMP, DEFAULT_MAPS, DEFAULT_PAD, DEFAULT_SCALE
     from fcn_cam.metrics import iou
+    from fcn_cam.settings import BOX_FRACTION, DEFAULT_CLAMP, DEFAULT_MAPS, DEFAULT_PAD, DEFAULT_SCALE
 
     res = run(tmp_path, n=4, seed=11)
     s = demo.scenes(4, seed=11, split="test")  # the same random sample, not a hand-picked one

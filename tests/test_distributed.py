@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import fcn_cam
 from fcn_cam import distributed
 from fcn_cam.cli import app
-from fcn_cam.explanation import DEFAULT_SCALE
+from fcn_cam.settings import DEFAULT_SCALE
 
 pytestmark = pytest.mark.slow  # starts Ray and its workers: ~30-60 s on 2 cores
 runner = CliRunner()

@@ -167,7 +167,9 @@ def test_cli_memory_budget(small_model_file, photos, tmp_path):
     assert "needs about" in out and "over the limit of 64.0 MiB" in out and "--max-memory" in out
     wide = tmp_path / "wide.png"
     Image.new("RGB", (4000, 50), "red").save(wide)
-    r = run("explain", "-m", small_model_file, "--scale", "2", "--max-memory", "100M", wide, photos["cat"])
+    # fp32 whatever the machine: --precision auto picks bf16 (half the bytes) where the CPU has bf16 units
+    r = run("explain", "-m", small_model_file, "--scale", "2", "--max-memory", "100M", "--precision", "fp32",
+            wide, photos["cat"])
     assert r.exit_code == 1 and f"{wide}: 4000×50" in r.output and "over the limit" in r.output
     assert sum(1 for line in r.stdout.splitlines() if line.startswith("{")) == 1  # the cat still ran
     assert run("explain", "-m", small_model_file, "--max-memory", "lots", photos["cat"]).exit_code == 2

@@ -13,8 +13,9 @@ from torch.nn import functional as F
 
 import fcn_cam
 from benchmarks.common import table
-from fcn_cam.explanation import DEFAULT_MAPS, DEFAULT_PAD, DEFAULT_SCALE, network_input
+from fcn_cam.explanation import network_input
 from fcn_cam.images import to_input
+from fcn_cam.settings import DEFAULT_MAPS, DEFAULT_PAD, DEFAULT_SCALE
 
 from .core import Bench, interleaved, ms, side_str
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import fcn_cam
 from benchmarks.common import table
-from fcn_cam.explanation import DEFAULT_PAD, PADS, network_input
+from fcn_cam.explanation import network_input
+from fcn_cam.settings import DEFAULT_PAD, PADS
 
 from .core import Bench, interleaved, ms, side_str
 from .forward import macs

@@ -19,10 +19,11 @@ from PIL import Image
 from torch import nn
 
 from ..conversion import convert
-from ..explanation import Settings, explain, explain_files
+from ..explanation import explain, explain_files, settings_for
 from ..files import write_atomic
 from ..gradcam import grad_cam
 from ..outputs import OutputDir
+from ..settings import Settings
 from ..surgery import FCN
 from .scenes import CLASS_NAMES, scenes
 from .twins import INPUT_SIZE, MEAN, STD, preprocess, twins
@@ -92,7 +93,8 @@ GAP_CAM_FRACTION = 0.55
 GRAD_CAM_FRACTION = 0.3
 
 
-def run(out_dir: str | Path, n: int = 6, seed: int = 2026, overwrite: bool = False, **settings) -> dict:
+def run(out_dir: str | Path, n: int = 6, seed: int = 2026, overwrite: bool = False,
+        settings: Settings | None = None) -> dict:
     """Run the demo on ``n`` random test scenes (``seed`` fixed, nothing hand-picked); return
     the paths written, a summary per scene, how many the FC twin classified right and the
     mean IoU of the boxes ``explain`` gives with its defaults (or ``settings``)."""
@@ -106,12 +108,12 @@ def run(out_dir: str | Path, n: int = 6, seed: int = 2026, overwrite: bool = Fal
         raise FileExistsError(f"{taken[0]}: already exists (pass --overwrite or another -o)")
     data = scenes(n, seed=seed, split="test")
     fcn, cam, fc = converted_twins()
-    used = Settings.make(fcn, **settings)  # the defaults, resolved (fails before any work)
+    used = settings_for(fcn, settings)  # the defaults, resolved (fails before any work)
     out = OutputDir(out_dir, overwrite=overwrite)
     for p, img in zip(paths, data.images):
         write_atomic(p, lambda f, img=img: Image.fromarray(img).save(f, format="PNG"))
     rows, summary = [], []
-    for i, r in enumerate(explain_files(fcn, paths, **settings)):
+    for i, r in enumerate(explain_files(fcn, paths, used)):
         if r.error:
             raise RuntimeError(r.error)
         record = out.write(r.explanation, r.image)
@@ -119,7 +121,7 @@ def run(out_dir: str | Path, n: int = 6, seed: int = 2026, overwrite: bool = Fal
         t = r.explanation.targets[0]
         # The figure compares the methods on the true class (as the localization benchmark
         # does); the overlays above show the predicted class, as for any user image.
-        kinds = {k: explain(fcn, img, **{**settings, "maps": k, "target": label}).targets[0]
+        kinds = {k: explain(fcn, img, settings, maps=k, target=label).targets[0]
                  for k in ("scores", "cells")}
         gap_exp = explain(cam, img, scale=1.0, pad="none", target=label)
         gc = gradcam_heatmap(fc, img, label)
@@ -136,5 +138,5 @@ def run(out_dir: str | Path, n: int = 6, seed: int = 2026, overwrite: bool = Fal
     correct = sum(s["predicted"] == s["true_class"] for s in summary)
     return {"out_dir": str(out_dir), "figure": str(figure), "jsonl": str(out.jsonl), "scenes": summary,
             "correct": correct, "mean_iou": float(np.mean([s["iou"] for s in summary])),
-            "settings": {"maps": used.maps, "scale": list(used.scales), "pad": used.pad, "clamp": used.clamp,
+            "settings": {"maps": used.maps, "scale": list(used.scale), "pad": used.pad, "clamp": used.clamp,
                          "box_fraction": used.box_fraction}}

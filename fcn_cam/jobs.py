@@ -1,0 +1,476 @@
+"""Runs: a command's work planned, then carried out by one executor and one writer.
+
+``fcn-cam explain`` is :func:`plan_explain` then :func:`run`; the command line only parses
+options, prints what these report and sets the exit code.
+
+- **Plan** (:func:`plan_explain`): the model opened (a file, or an architecture converted
+  on the fly) and prepared, the :class:`~fcn_cam.settings.Settings` resolved on it, the
+  inputs found, images already done in the output folder skipped before anything is
+  decoded, and every image's activation memory checked against the budget from its header
+  (:func:`fcn_cam.geometry.input_activation_bytes`, the layers' own formulas).
+- **Run** (:func:`run`): the images go through an executor — :func:`fcn_cam.explain_files`
+  here, or Ray actors (:mod:`fcn_cam.distributed`) — and every result through one writer
+  (:func:`fcn_cam.records.commit`, in a thread that overlaps the next forward), which also
+  counts it and reports it, so nothing written goes unsaid.
+- **Signals** (:func:`terminating_signals`): SIGTERM, SIGHUP and SIGINT end a run the same
+  way — the writer finishes what it started, the folder stays consistent, a summary is
+  printed and the exit code is 128 + the signal's number; a second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .settings import Output, Runtime, Settings
+
+if TYPE_CHECKING:
+    from .explanation import Result
+    from .outputs import OutputDir
+    from .surgery import FCN
+
+
+def expected_errors() -> tuple[type[Exception], ...]:
+    """The errors a command reports as one line (bad input, not a bug)."""
+    from .distributed import RayRunError
+    from .modelfile import ModelFileError
+    from .outputs import OutputError
+    from .errors import ConversionError
+    from .zoo import WeightsError
+
+    return ModelFileError, WeightsError, ConversionError, ValueError, FileExistsError, OutputError, RayRunError
+
+
+# -- convert, info -------------------------------------------------------------------------
+
+
+def convert_file(
+    source: str, output: Path, *, weights: str = "DEFAULT", output_stride: int | None = None,
+    overwrite: bool = False, device: str = "cpu", classes: Path | None = None,
+    model_output: str | None = None, **onnx: Any,
+) -> FCN:
+    """``fcn-cam convert``: an architecture name or an ONNX file, converted, checked against
+    the original and saved to ``output`` (never over an existing file without ``overwrite``)."""
+    from . import zoo
+    from .modelfile import save
+
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output}: already exists (pass --overwrite)")
+    if source.lower().endswith(".onnx"):
+        from .importers.onnx import convert_onnx
+
+        names = [line.strip() for line in classes.read_text().splitlines() if line.strip()] if classes else None
+        selected = int(model_output) if model_output is not None and model_output.lstrip("-").isdigit() \
+            else model_output
+        fcn = convert_onnx(source, onnx.pop("input_size", None), class_names=names, output=selected,
+                           output_stride=output_stride, **onnx)
+    else:
+        fcn = zoo.load_arch(source, weights, output_stride=output_stride, device=device)
+    save(fcn, output, overwrite=overwrite)
+    return fcn
+
+
+def describe_file(path: Path) -> dict[str, Any]:
+    """``fcn-cam info``: a model file's metadata, read without running any code from it."""
+    from .modelfile import read, validate
+
+    obj = read(path)
+    validate(obj, path)
+    meta = dict(obj["info"])
+    names = meta.pop("class_names") or []
+    meta["classes"] = f"{len(names)} ({', '.join(names[:3])}{', …' if len(names) > 3 else ''})"
+    meta["format"] = f"{obj['format']} v{obj['version']}"
+    meta["parameters"] = sum(t.numel() for t in obj["state_dict"].values())
+    return meta
+
+
+# -- memory budget -------------------------------------------------------------------------
+
+
+def parse_bytes(text: str) -> int | None:
+    """``4G``, ``512M``, ``2.5GB``, ``1.5GiB``, a plain byte count, or ``none`` (no limit).
+
+    Raises:
+        ValueError: anything else (``0``, ``inf``, negative numbers, words), in one line.
+    """
+    t = text.strip().upper()
+    if t == "NONE":
+        return None
+    t = t.removesuffix("B").removesuffix("I")
+    mult = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if mult > 1 else t) * mult
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"--max-memory {text!r}: expected a size such as 4G or 512M, or none for no limit")
+    return int(value)
+
+
+def default_memory() -> int:
+    """Three quarters of the machine's physical memory."""
+    return int(0.75 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def budget_of(max_memory: str | int | None) -> int | None:
+    """The activation budget in bytes: ``"auto"`` (:func:`default_memory`), a size
+    (:func:`parse_bytes`), bytes, or None (no limit)."""
+    if max_memory is None or isinstance(max_memory, int):
+        return max_memory
+    return default_memory() if max_memory == "auto" else parse_bytes(max_memory)
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB"
+
+
+def header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the header only, or None (the decoder will say what is wrong)."""
+    from PIL import Image
+
+    from .images import check_file
+
+    try:
+        check_file(path)
+        with Image.open(path) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - any problem is reported when the image is decoded
+        return None
+
+
+# -- the model -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model a run uses: a model file, or an architecture name (converted on the fly)."""
+
+    model: str
+    weights: str = "DEFAULT"
+    output_stride: int | None = None
+
+    def is_file(self) -> bool:
+        return Path(self.model).is_file()
+
+    def identity(self) -> dict[str, Any]:
+        """What identifies the model across runs (part of the record key)."""
+        p = Path(self.model)
+        if p.is_file():
+            st = p.stat()
+            return {"file": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        return {"arch": self.model, "weights": self.weights, "output_stride": self.output_stride}
+
+    def open(self, device: str = "cpu") -> FCN:
+        from . import zoo
+        from .modelfile import load
+        from .names import NAMES
+        from .runtime import resolve_device
+
+        if self.model in NAMES and not Path(self.model).exists():
+            return zoo.load_arch(self.model, self.weights, output_stride=self.output_stride,
+                                 device=resolve_device(device))
+        fcn = load(self.model, map_location=resolve_device(device))
+        if self.output_stride is not None and self.output_stride != fcn.info["output_stride"]:
+            raise ValueError(
+                f"{self.model}: was converted with output stride {fcn.info['output_stride']}; "
+                f"re-run `fcn-cam convert` with --output-stride {self.output_stride}"
+            )
+        return fcn
+
+
+# -- planning ------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """What a run did so far."""
+
+    total: int = 0
+    written: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+    @property
+    def not_done(self) -> int:
+        return self.total - self.written - self.failed - self.skipped
+
+
+@dataclass
+class Event:
+    """Something a run reports: ``record`` (a written image's JSON line), ``error`` or
+    ``skipped`` (one line each), ``progress`` (``done`` of ``todo``, the image's name)."""
+
+    kind: str
+    text: str = ""
+    record: dict | None = None
+    done: int = 0
+    todo: int = 0
+
+
+@dataclass
+class ExplainJob:
+    """A planned ``explain`` run (:func:`plan_explain`); carried out by :func:`run`."""
+
+    fcn: FCN
+    spec: ModelSpec
+    settings: Settings  # resolved on fcn
+    runtime: Runtime
+    output: Output
+    todo: list[Path]
+    refused: list[str]  # one line per image over the memory budget
+    out: OutputDir | None
+    notes: list[str] = field(default_factory=list)
+    tally: Tally = field(default_factory=Tally)
+    ray: dict[str, Any] | None = None  # address, actors, num_gpus
+
+
+def request_of(settings: Settings, spec: ModelSpec, runtime: Runtime) -> dict[str, Any]:
+    """Every option that changes what is written, for the record key (:mod:`fcn_cam.outputs`
+    adds the overlay colours): the resolved settings, the model's identity, the precision."""
+    return {"settings": settings.as_request(), "model": spec.identity(), "precision": runtime.precision}
+
+
+def _open_prepared(spec: ModelSpec, runtime: Runtime, ray: bool, notes: list[str]) -> FCN:
+    from .runtime import prepare
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fcn = spec.open("cpu" if ray else runtime.device)
+        if not ray:  # with Ray each actor prepares its own copy, on its own device
+            fcn = prepare(fcn, copy=False, **runtime.prepare_kwargs())
+    notes += [f"warning: {w.message}" for w in caught]
+    return fcn
+
+
+def _check_square(fcn: FCN, s: Settings, budget: int | None) -> None:
+    """Refuse scales whose smallest input (a square image) is already over the budget."""
+    from .explanation import sides
+    from .geometry import input_activation_bytes
+
+    if budget is None:
+        return
+    side_list = sides(fcn, s.scale)
+    need = max(input_activation_bytes(fcn, (n, n), [n], s.pad) for n in side_list)
+    if need > budget:
+        raise ValueError(
+            f"--scale {' '.join(f'{x:g}' for x in s.scale)} needs about {gib(need)} of activations "
+            f"even for a square image (network input {max(side_list)} px), over the limit of "
+            f"{gib(budget)}; use a smaller scale or raise --max-memory")
+
+
+def find_inputs(images: Sequence[Path], out: OutputDir | None, ray: bool, notes: list[str]) -> list[Path]:
+    """The image files under ``images`` (folders recursively; with Ray also list files and
+    globs), without anything inside the output folder (its files are never inputs)."""
+    from . import distributed
+    from .images import find_images
+    from .outputs import is_output_name
+
+    expand = distributed.image_paths if ray else find_images
+    paths = list(expand(images, exclude=[out.root] if out else []))
+    if out:
+        root = os.path.realpath(out.root)  # (a folder that is also the output folder holds our files)
+        paths = [p for p in paths if not (os.path.realpath(p.parent) == root and is_output_name(p.name))]
+        kept = set(paths)
+        ours = [p for p in map(Path, images) if p.is_file() and p not in kept]
+        if ours:
+            notes.append(f"note: skipped {len(ours)} input(s) inside the output folder {out.root} (e.g. "
+                         f"{ours[0].name}): what is there is fcn-cam's own output, never an input")
+        out.protect = {Path(os.path.realpath(p)) for p in paths}
+    if not paths:
+        inside = notes and "inside the output folder" in notes[-1]
+        why = f" ({notes[-1].removeprefix('note: ')})" if inside else ""
+        raise ValueError(f"no images found in the given paths{why}")
+    return paths
+
+
+def plan_explain(
+    images: Sequence[Path], spec: ModelSpec, settings: Settings, runtime: Runtime, output: Output, *,
+    max_memory: str | int | None = "auto", ray: dict[str, Any] | None = None,
+) -> ExplainJob:
+    """Everything ``explain`` decides before the first image is decoded.
+
+    Raises:
+        ValueError, ModelFileError, WeightsError, ConversionError, OutputError: one line each.
+    """
+    from .explanation import sides
+    from .geometry import input_activation_bytes
+    from .outputs import OutputDir
+    from .render import check_colormap
+
+    check_colormap(output.colormap)
+    budget = budget_of(max_memory)
+    if ray is not None:  # missing Ray: one line now, not after the model is loaded
+        from .distributed import require_ray
+
+        require_ray()
+    notes: list[str] = []
+    fcn = _open_prepared(spec, runtime, ray is not None, notes)
+    s = settings.for_model(fcn)
+    if s.top_k < settings.top_k:
+        notes.append(f"note: --top-k {settings.top_k} is more than the model's {fcn.num_classes} classes; "
+                     f"explaining all {fcn.num_classes}")
+    _check_square(fcn, s, budget)
+    out = None
+    if output.dir is not None:
+        out = OutputDir(output.dir, request=request_of(s, spec, runtime), **output.folder_kwargs())
+        if out.cleaned:
+            notes.append(f"note: removed {len(out.cleaned)} temporary files left by an interrupted run in "
+                         f"{output.dir}")
+    paths = find_inputs(images, out, ray is not None, notes)
+    job = ExplainJob(fcn, spec, s, runtime, output, [], [], out, notes, Tally(total=len(paths)), ray)
+    side_list = sides(fcn, s.scale)
+    for p in paths:  # resume and budget: decided before anything is decoded
+        if out and out.done(p):
+            job.tally.skipped += 1
+            continue
+        size = header_size(p) if budget is not None else None
+        need = input_activation_bytes(fcn, size, side_list, s.pad) if size else 0
+        if budget is not None and need > budget:
+            job.refused.append(
+                f"{p}: {size[0]}×{size[1]} at --scale {' '.join(f'{x:g}' for x in s.scale)} needs about "
+                f"{gib(need)} of activations, over the limit of {gib(budget)} (--max-memory)")
+            continue
+        job.todo.append(p)
+    if job.tally.skipped:
+        notes.append(f"skipped {job.tally.skipped} of {len(paths)} images already done in {output.dir} "
+                     "(--overwrite redoes them)")
+    return job
+
+
+# -- running -------------------------------------------------------------------------------
+
+
+def _results(job: ExplainJob) -> Iterator[Result]:
+    """The executor: the local explain path, or the same over a Ray cluster."""
+    from .explanation import explain_files
+
+    if job.ray is None or not job.todo:  # (nothing left to do: no need to start Ray)
+        return explain_files(job.fcn, job.todo, job.settings, batch_size=job.runtime.batch_size)
+    from . import distributed
+
+    out = job.out
+    writing = {**job.output.folder_kwargs(), "request": request_of(job.settings, job.spec, job.runtime),
+               "protect": out.protect} if out else {}
+    # a model file is read by each actor; an architecture goes through the object store
+    shipped = job.spec.model if job.spec.is_file() else job.fcn
+    return distributed.explain_dataset(
+        shipped, job.todo, job.output.dir if out else None, address=job.ray.get("address"),
+        actors=job.ray.get("actors"), num_gpus=job.ray.get("num_gpus", 0),
+        runtime=job.runtime.prepare_kwargs(), output=writing, settings=job.settings,
+        batch_size=job.runtime.batch_size)
+
+
+#: What a folder's record adds to the explanation's own (:mod:`fcn_cam.outputs`).
+STORAGE_FIELDS = ("key", "request", "files")
+
+
+def run(job: ExplainJob, emit: Callable[[Event], None]) -> Tally:
+    """Carry out ``job``: every result committed (:func:`fcn_cam.records.commit`) and
+    reported through ``emit`` by the writer thread, in input order (Ray: completion order).
+
+    ``emit`` receives ``error`` events for the images refused by the budget first, then a
+    ``record``, ``error`` or ``skipped`` event per image and a ``progress`` event after each.
+    An interruption (:class:`Interrupted`, KeyboardInterrupt) lets the writer finish what it
+    has started, closes the folder and propagates; ``job.tally`` says what was done.
+    """
+    from .explanation import prefetch
+    from .records import commit
+
+    tally = job.tally
+    for line in job.refused:
+        tally.failed += 1
+        emit(Event("error", line))
+
+    def finish(r: Result) -> Result:
+        commit(job.out, r)
+        if r.skipped is not None:
+            tally.skipped += 1
+            emit(Event("skipped", r.skipped))
+        elif r.error is not None:
+            tally.failed += 1
+            emit(Event("error", r.error))
+        else:
+            tally.written += 1
+            record = r.record
+            if job.output.implicit:  # the plain record, as without a folder
+                record = {k: v for k, v in record.items() if k not in STORAGE_FIELDS}
+            emit(Event("record", record=record))
+        return r
+
+    stream = prefetch(finish, _results(job), workers=1, depth=4)
+    try:
+        for i, r in enumerate(stream, 1):
+            emit(Event("progress", r.path.name, done=i, todo=len(job.todo)))
+    finally:
+        stream.close()  # lets the writer finish (and report) what it has started
+        if job.out:
+            job.out.close()
+    return tally
+
+
+def where_written(job: ExplainJob) -> str | None:
+    """The line that says where a run without ``-o`` put what it wrote."""
+    if not (job.output.implicit and job.tally.written):
+        return None
+    return (f"wrote overlays and maps of {job.tally.written} image(s) to {job.output.dir}/ (records in "
+            f"{job.out.jsonl}); -o DIR writes elsewhere, --no-save only prints")
+
+
+def summary(job: ExplainJob, interrupted: bool = False) -> str | None:
+    """The closing line of a run, or None when every image was written or skipped."""
+    t = job.tally
+    if interrupted:
+        where = f"; records in {job.out.jsonl}; run the same command again to resume" if job.out else ""
+        return (f"interrupted: {t.written} written, {t.failed} failed, {t.skipped} skipped, "
+                f"{t.not_done} not done{where}")
+    if t.failed:
+        done = f" ({t.skipped} skipped as done)" if t.skipped else ""
+        return f"{t.failed} of {t.total} images failed{done}"
+    return None
+
+
+# -- signals -------------------------------------------------------------------------------
+
+
+class Interrupted(KeyboardInterrupt):  # noqa: N818 - it is a KeyboardInterrupt, by any signal
+    """A terminating signal arrived; ``code`` is the exit status to end with (128 + signal)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.code = signum, 128 + signum
+
+
+TERMINATING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def terminating_signals(signals: Sequence[int] = TERMINATING) -> Iterator[None]:
+    """Within the block the first of ``signals`` raises :class:`Interrupted` (so that the run
+    ends as after Ctrl-C: summary, consistent folder) and a second exits at once with
+    128 + its number. The previous handlers are restored on exit. Only the main thread can
+    receive signals; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    seen: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if seen:
+            os._exit(128 + signum)
+        seen.append(signum)
+        raise Interrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

@@ -15,25 +15,50 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _PUBLIC = {
-    "Explanation": "explanation", "explain": "explanation", "explain_files": "explanation",
+    "Explanation": "explanation", "Result": "explanation", "Target": "explanation",
+    "explain": "explanation", "explain_files": "explanation",
+    "Settings": "settings", "Runtime": "settings", "Output": "settings",
+    "score_maps": "maps", "cell_maps": "maps",
     "Geometry": "geometry", "align": "geometry",
     "ModelFileError": "modelfile", "load": "modelfile", "save": "modelfile",
     "prepare": "runtime",
-    "FCN": "surgery", "ConversionError": "errors", "convert": "conversion",
+    "FCN": "surgery", "Layout": "layout", "ConversionError": "errors", "convert": "conversion",
 }
 __all__ = [
-    "FCN", "ConversionError", "Explanation", "Geometry", "ModelFileError",
-    "align", "convert", "explain", "explain_files", "load", "prepare", "save",
+    "ConversionError",
+    "Explanation",
+    "FCN",
+    "Geometry",
+    "Layout",
+    "ModelFileError",
+    "Output",
+    "Result",
+    "Runtime",
+    "Settings",
+    "Target",
+    "align",
+    "cell_maps",
+    "convert",
+    "explain",
+    "explain_files",
+    "load",
+    "prepare",
+    "save",
+    "score_maps",
 ]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .conversion import convert
     from .errors import ConversionError
-    from .explanation import Explanation, explain, explain_files
+    from .explanation import Explanation, Result, Target, explain, explain_files
     from .geometry import Geometry, align
+    from .layout import Layout
+    from .maps import cell_maps, score_maps
     from .modelfile import ModelFileError, load, save
     from .runtime import prepare
+    from .settings import Output, Runtime, Settings
+    from .surgery import FCN
 
 
 def __getattr__(name: str) -> Any:

@@ -166,3 +166,13 @@ def test_checker_finds_function_level_cycles(tmp_path):
     g = import_graph(tmp_path, "pkg")
     assert g["pkg.sub.e"] == {"pkg.c"} and g["pkg.e"] == {"pkg.sub.e"} and g["pkg.c"] == set()
     assert cycles(g) == [["pkg.a", "pkg.b"]]
+
+
+def test_public_names_are_one_table():
+    """What ``fcn_cam`` exports is the lazy table, and every name in it resolves."""
+    import fcn_cam
+
+    assert set(fcn_cam.__all__) == set(fcn_cam._PUBLIC)
+    for name in fcn_cam.__all__:
+        assert getattr(fcn_cam, name) is not None
+    assert not hasattr(fcn_cam, "stretch")  # documented as wrong: a test helper now

@@ -23,7 +23,7 @@ Opening a folder takes the lock and removes temporary files a killed writer left
 
 Reading is defensive, because other programs (and crashes) can damage the folder: a last
 line without its newline (a crash or a full disk mid-append, another program) is *torn*: it
-is moved to ``explanations.jsonl.<time>.<pid>.<offset>.torn`` and cut off, under the lock
+is moved to ``explanations.jsonl.<time>.<pid>.torn`` and cut off, under the lock
 (:attr:`OutputDir.repaired` says so). Every line is checked against :data:`RECORD_SCHEMA`;
 one that fails is noted once with its line number (:attr:`OutputDir.invalid`) and treated as
 absent, so its image is redone; it stays in the file byte for byte until then, and is moved
@@ -52,8 +52,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from . import files as _files
 from .explanation import Explanation
-from .files import dumps_strict, fs, os_bytes, shown, stale_temporaries, write_all, write_atomic
+from .files import dumps_strict, os_bytes, shown, stale_temporaries, write_all, write_atomic
 from .render import overlay
 
 KEY_CHARS = 12  # hex digits of the key in file names (48 bits)
@@ -327,8 +328,8 @@ class OutputDir:
             try:
                 self._repair(tail)
             except OSError as e:
-                raise OutputError(f"{shown(self.jsonl)}: its last line is incomplete and cannot be repaired "
-                                  f"({e.strerror or e})") from None
+                raise OutputError(f"{shown(self.jsonl)}: its last line is incomplete and cannot be moved "
+                                  f"aside ({e.strerror or e}); nothing written") from None
 
     def _take(self, raw: bytes) -> None:
         """Index one complete line, or note once why it is not a record."""
@@ -351,26 +352,24 @@ class OutputDir:
             self.invalid.append(f"{shown(self.jsonl)} line {self._line}: {why}; ignored (its image is redone)")
 
     def _repair(self, tail: bytes) -> None:
-        """Move a torn last line (no newline) aside and cut it off; under the lock, so no
-        writer of ours is appending. If the side file cannot be written (a full disk), the
-        fragment is ended with a newline instead: it stays in place as an invalid line."""
-        where = f"{shown(self.jsonl)} line {self._line + 1}"
-        side = self.root / f"{self.JSONL}.{_stamp()}.{self._pos}.torn"
-        fd = fs.open(self.jsonl, os.O_WRONLY | os.O_APPEND)
-        try:
-            try:
-                write_atomic(side, tail)
-            except OSError as e:
-                write_all(fd, b"\n")
-                self.repaired.append(f"{where}: incomplete ({len(tail)} bytes, no newline); could not move "
-                                     f"it aside ({e.strerror or e}): ended with a newline, it is ignored")
-            else:
-                fs.truncate(fd, self._pos)
-                self.repaired.append(f"{where}: incomplete ({len(tail)} bytes, no newline; a crash or a full "
-                                     f"disk mid-append); moved to {side.name}")
-        finally:
-            fs.close(fd)
-        self._refresh()
+        """Move a torn last line (no newline) to a side file and cut it off; under the
+        lock, so no writer of ours is appending. The side file is written first: a crash
+        in between leaves the fragment in both places, never in neither."""
+        side = self._side_file("torn")
+        write_atomic(side, tail)
+        self._cut(self._pos)
+        self.repaired.append(f"{shown(self.jsonl)} line {self._line + 1}: incomplete ({len(tail)} bytes, "
+                             "no newline: a crash or a full disk mid-append, or another program); "
+                             f"moved to {side.name}")
+
+    def _side_file(self, kind: str) -> Path:
+        """A new ``explanations.jsonl.<time>.<pid>[.<n>].<kind>`` (under the lock: no other
+        writer of ours picks the same name; an existing one is never replaced)."""
+        base = f"{self.JSONL}.{_stamp()}"
+        n = 0
+        while (side := self.root / f"{base}{f'.{n}' if n else ''}.{kind}").exists():
+            n += 1
+        return side
 
     def _reset(self, file: io.BufferedReader | None) -> None:
         if self._file is not None:
@@ -387,7 +386,7 @@ class OutputDir:
             elif self._index.get(key) is None or _strict_loads_or_none(raw) != self._index[key]:
                 aside.append(raw + b"\n")
         if aside:
-            write_atomic(self.root / f"{self.JSONL}.{_stamp()}.invalid", b"".join(aside))
+            write_atomic(self._side_file("invalid"), b"".join(aside))
         write_atomic(self.jsonl, b"".join(keep))
         self._refresh()
 
@@ -451,17 +450,33 @@ class OutputDir:
         return json.loads(line)
 
     def _append(self, data: bytes) -> None:
-        """Append one line whole, or roll back: truncate to the length before (under the lock)."""
-        fd = fs.open(self.jsonl, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        """Append one line whole, or roll back: truncate to the length before (under the
+        lock). A failing ``close`` after a complete write is rolled back too (the caller
+        reports a failure, so no line may stay)."""
+        fd = _files.fs.open(self.jsonl, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        whole = False
         try:
             start = os.fstat(fd).st_size
             try:
                 write_all(fd, data)
             except BaseException:
-                fs.truncate(fd, start)  # (if this fails too, the next refresh repairs the torn line)
+                _files.fs.truncate(fd, start)  # (if this fails too, the next refresh repairs the torn line)
                 raise
+            whole = True
         finally:
-            fs.close(fd)
+            try:
+                _files.fs.close(fd)
+            except OSError:
+                if whole:
+                    self._cut(start)
+                raise
+
+    def _cut(self, size: int) -> None:
+        fd = _files.fs.open(self.jsonl, os.O_WRONLY)
+        try:
+            _files.fs.truncate(fd, size)
+        finally:
+            _files.fs.close(fd)
 
     def close(self) -> None:
         self._reset(None)

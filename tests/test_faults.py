@@ -579,6 +579,24 @@ def test_decompression_bomb_is_one_line_with_one_limit(tmp_path):
         assert msg == (f"{p}: {w}×{h} = {w * h:,} pixels exceeds the limit of 89,478,485 pixels (a possible "
                        "decompression bomb; --max-pixels N (max_pixels= in the API) raises it)")
         assert len(re.findall(r"\d[\d,]{6,}", msg)) == 2  # the size and the one limit
+    # the decoding threads: PIL's global limit is switched under a lock and always restored
+    from concurrent.futures import ThreadPoolExecutor
+
+    limit = Image.MAX_IMAGE_PIXELS
+    ok = tmp_path / "ok.png"
+    Image.new("RGB", (32, 24)).save(ok)
+    with warnings.catch_warnings(record=True) as caught, ThreadPoolExecutor(4) as pool:
+        warnings.simplefilter("always")
+
+        def one(path):
+            try:
+                return load_image(path).size
+            except ImageError as e:
+                return str(e)
+
+        got = list(pool.map(one, [tmp_path / "bomb10000.png", ok] * 16))
+    assert caught == [] and limit == Image.MAX_IMAGE_PIXELS
+    assert got[1::2] == [(32, 24)] * 16 and all("exceeds the limit of 89,478,485" in g for g in got[::2])
     png_with_size(tmp_path / "big.png", 10_000, 10_000)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -279,7 +279,7 @@ class OutputDir:
         return rec is not None and self._complete(rec)
 
     def records(self) -> list[dict]:
-        """Every record with a key, as of now."""
+        """Every valid record (:func:`record_problem`), one per key, as of now."""
         with self._locked():
             return list(self._index.values())
 

@@ -616,3 +616,16 @@ def test_cli_prints_no_pil_warning(small_model_file, tmp_path):
                         str(tmp_path / "bomb.png")], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 1 and "exceeds the limit of 89,478,485 pixels" in r.stderr
     assert "Warning" not in r.stderr and "site-packages" not in r.stderr, r.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="the CLI does not print OutputDir.repaired / .invalid yet "
+                   "(the lead's file)")
+def test_cli_notes_repairs_and_invalid_lines(small_model_file, photos, done_folder):
+    jsonl = done_folder / JSONL
+    lines = jsonl.read_bytes().split(b"\n")[:-1]
+    jsonl.write_bytes(b"not json {\n" + lines[0] + b"\n" + lines[1][:490])
+    r = run("explain", "-m", small_model_file, "--scale", "1", "-o", done_folder, *pair(photos))
+    assert r.exit_code == 0, r.output
+    notes = [x for x in r.stderr.splitlines() if x.startswith("note: ")]
+    assert len(notes) == 2 and "line 3: incomplete (490 bytes" in notes[0]
+    assert "line 1: not strict JSON" in notes[1]

@@ -16,11 +16,12 @@ PIL's antialiased bilinear filter; PIL's pixel convention (pixel ``j`` covers
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
 import sys
-import warnings
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,12 +29,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from .files import shown
+
 if TYPE_CHECKING:
     import torch
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 # PIL's own decompression-bomb threshold; a declared size beyond it is refused up front.
 MAX_PIXELS = 89_478_485
+#: How a person lifts :data:`MAX_PIXELS` (named in the refusal).
+MAX_PIXELS_HINT = "--max-pixels N (max_pixels= in the API) raises it"
 BACKGROUND = (255, 255, 255)  # what transparent pixels become, for every kind of input
 
 ImageLike = "Image.Image | np.ndarray | torch.Tensor | str | os.PathLike"
@@ -50,19 +55,19 @@ def check_file(path: Path) -> None:
         st = os.stat(path)
     except FileNotFoundError:
         what = "dangling symbolic link" if os.path.islink(path) else "no such file"
-        raise ImageError(f"{path}: {what}") from None
+        raise ImageError(f"{shown(path)}: {what}") from None
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise ImageError(f"{path}: symbolic link loop") from None
-        raise ImageError(f"{path}: cannot read ({e.strerror})") from None
+            raise ImageError(f"{shown(path)}: symbolic link loop") from None
+        raise ImageError(f"{shown(path)}: cannot read ({e.strerror})") from None
     if stat.S_ISDIR(st.st_mode):
-        raise ImageError(f"{path}: is a directory")
+        raise ImageError(f"{shown(path)}: is a directory")
     if not stat.S_ISREG(st.st_mode):
         kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
                 else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "special")
-        raise ImageError(f"{path}: not a regular file ({kind}); refused without reading it")
+        raise ImageError(f"{shown(path)}: not a regular file ({kind}); refused without reading it")
     if st.st_size == 0:
-        raise ImageError(f"{path}: empty file")
+        raise ImageError(f"{shown(path)}: empty file")
 
 
 ORIENTATION = 0x0112  # the EXIF tag
@@ -155,50 +160,102 @@ def array_to_image(a: np.ndarray | torch.Tensor) -> Image.Image:
     return to_rgb(Image.fromarray(np.ascontiguousarray(u8)))  # L, RGB or RGBA by shape
 
 
+_PIL_LIMIT = threading.Lock()
+
+
+@contextlib.contextmanager
+def _our_limit() -> Iterator[None]:
+    """PIL's global decompression-bomb check off inside, the limit being ours: one limit
+    and one message instead of PIL's warning (printed with a site-packages path, at a
+    threshold half of the error's). A lock, since the global is shared by the decoding
+    threads, and restored on exit. ``warnings.catch_warnings`` is not thread-safe."""
+    with _PIL_LIMIT:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def too_many_pixels(path: str | os.PathLike | None, width: int, height: int, max_pixels: int) -> str:
+    """The one-line refusal of an image larger than ``max_pixels``."""
+    where = f"{shown(path)}: " if path is not None else ""
+    return (f"{where}{width}×{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
+            f"pixels (a possible decompression bomb; {MAX_PIXELS_HINT})")
+
+
+def open_checked(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """``Image.open`` (the header only) under our pixel limit, not PIL's.
+
+    Raises:
+        ImageError: the declared size exceeds ``max_pixels`` (:func:`too_many_pixels`).
+        PIL's errors: not an image (``UnidentifiedImageError``), unreadable header.
+    """
+    with _our_limit():
+        im = Image.open(path)
+    w, h = im.size
+    if w * h > max_pixels:
+        im.close()
+        raise ImageError(too_many_pixels(path, w, h, max_pixels))
+    return im
+
+
+def header_size(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[int, int] | None:
+    """(width, height) from the header only, or None when it cannot be read (the decoder
+    will say why); no warning is ever printed. With ``max_pixels``, a larger image is None."""
+    try:
+        check_file(Path(path))
+        with open_checked(path, max_pixels or sys.maxsize) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - any problem is reported when the image is decoded
+        return None
+
+
 def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open an image file as RGB through :func:`to_rgb`.
 
     Raises:
-        ImageError: missing, not a regular file, empty, not an image, truncated, or an absurd
-            declared size; the message starts with the path.
+        ImageError: missing, not a regular file, empty, not an image, truncated, or a
+            declared size over ``max_pixels`` (:func:`too_many_pixels`); the message starts
+            with the path (undecodable bytes of the name as ``\\xNN``).
     """
     path = Path(path)
+    name = shown(path)
     check_file(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
-            keep = False
-            try:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise ImageError(
-                        f"{path}: declared size {w}×{h} ({w * h:,} pixels) exceeds the limit of "
-                        f"{max_pixels:,} pixels"
-                    )
+        im = open_checked(path, max_pixels)
+        keep = False
+        try:
+            # Decoding may check frame sizes against PIL's global limit again: above PIL's
+            # own limit, only our (explicitly raised) limit applies, so keep PIL's off.
+            pil = Image.MAX_IMAGE_PIXELS
+            ours = _our_limit() if pil is not None and max_pixels > pil else contextlib.nullcontext()
+            with ours:
                 out = _checked(to_rgb(im), max_pixels)
-                if out is im and getattr(im, "n_frames", 1) > 1:
-                    out = im.copy()  # the file stays open for the other frames: let it go
-                # closing an image also drops its pixels: the file's own image (single frame,
-                # loaded, its file already closed by PIL) is returned unclosed
-                keep = out is im
-                return out
-            finally:
-                if not keep:
-                    im.close()
+            if out is im and getattr(im, "n_frames", 1) > 1:
+                out = im.copy()  # the file stays open for the other frames: let it go
+            # closing an image also drops its pixels: the file's own image (single frame,
+            # loaded, its file already closed by PIL) is returned unclosed
+            keep = out is im
+            return out
+        finally:
+            if not keep:
+                im.close()
     except ImageError as e:
-        raise ImageError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
+        raise ImageError(str(e) if str(e).startswith(name) else f"{name}: {e}") from None
     except Image.UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image PIL can read ({path.stat().st_size} bytes)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{path}: declared size exceeds the limit of {max_pixels:,} pixels ({e})") from None
+        raise ImageError(f"{name}: not an image PIL can read ({path.stat().st_size} bytes)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # (a frame larger than the image)
+        raise ImageError(f"{name}: a frame exceeds the limit of {max_pixels:,} pixels "
+                         f"(a possible decompression bomb; {MAX_PIXELS_HINT})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(f"{path}: truncated or corrupt image ({e})") from None
+        raise ImageError(f"{name}: truncated or corrupt image ({e})") from None
 
 
 def _checked(im: Image.Image, max_pixels: int = MAX_PIXELS) -> Image.Image:
     if im.width * im.height > max_pixels:
-        raise ImageError(f"size {im.width}×{im.height} exceeds the limit of {max_pixels:,} pixels")
+        raise ImageError(too_many_pixels(None, im.width, im.height, max_pixels))
     return im
 
 
@@ -285,5 +342,5 @@ def decode_batch(batch: dict[str, Any]) -> dict[str, Any]:
             errors.append("")
         except Exception as e:  # noqa: BLE001 - any failure is this file's record, never the run's end
             images.append(NO_IMAGE)
-            errors.append(str(e) if isinstance(e, ImageError) else f"{name}: {type(e).__name__}: {e}")
+            errors.append(str(e) if isinstance(e, ImageError) else f"{shown(name)}: {type(e).__name__}: {e}")
     return {"path": batch["path"], "image": images, "error": np.array(errors, dtype=object)}

@@ -2,7 +2,8 @@
 and concurrent runs into one folder, all through the real CLI in subprocesses with a tiny
 random-weight model. After every run the folder must be consistent:
 
-* every JSONL line parses as strict JSON (no NaN/Infinity) and has a unique key;
+* every JSONL line parses as strict JSON (no NaN/Infinity), is a record by the schema
+  (:func:`fcn_cam.outputs.record_problem`) and has a unique key;
 * every record's files exist, and the primary map's max equals the recorded score;
 * no input changed; no temporary file survives the next run;
 * once a run completes, the records are exactly the good images.
@@ -26,6 +27,7 @@ from conftest import NATIVE, small_vgg
 from PIL import Image
 
 import fcn_cam
+from fcn_cam.outputs import record_problem
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,6 +110,7 @@ def check_folder(out: Path, good: set[str] | None = None) -> list[dict]:
     recs = []
     for line in (out / JSONL).read_text().splitlines():
         rec = json.loads(line, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+        assert record_problem(rec) is None, line  # the schema every reader checks
         recs.append(rec)
         f = rec["files"][0]
         for name in (f["overlay"], *f["maps"]):

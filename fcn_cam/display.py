@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 #: Longest side of the notebook preview (``repr_png``): a 24-MP photo is not sent whole.
 PREVIEW_SIDE = 640
+PREVIEW_LEAST = 256
 
 
 def pixels_of(exp: Explanation, image: Any = None) -> Image.Image:
@@ -93,22 +94,26 @@ def overlay(exp: Explanation, target: int | str = 0, *, image: Any = None, color
     return render.draw_box(out, t.box, t.peak) if box else out
 
 
-def _scaled(img: Image.Image, side: int) -> tuple[Image.Image, float]:
-    f = min(1.0, side / max(img.size))
-    if f == 1.0:
+def _scaled(img: Image.Image, side: int, least: int) -> tuple[Image.Image, float]:
+    """``img`` resized so that its longest side is within ``[least, side]``, and the factor
+    (small images grow by whole pixels: nearest neighbour shows the map's true cells)."""
+    longest = max(img.size)
+    f = side / longest if longest > side else max(1, least // longest)
+    if f == 1:
         return img, 1.0
     size = (max(1, round(img.width * f)), max(1, round(img.height * f)))
-    return img.resize(size, Image.Resampling.LANCZOS), f
+    return img.resize(size, Image.Resampling.LANCZOS if f < 1 else Image.Resampling.NEAREST), f
 
 
 def preview(exp: Explanation, *, image: Any = None, colormap: str = "jet", alpha: float = 0.5,
-            side: int = PREVIEW_SIDE) -> Image.Image:
-    """The primary target's overlay with its box and peak, at most ``side`` pixels long,
-    captioned with the class and score (what a notebook shows for an explanation)."""
+            side: int = PREVIEW_SIDE, least: int = PREVIEW_LEAST) -> Image.Image:
+    """The primary target's overlay with its box and peak, at most ``side`` pixels long
+    (images under ``least`` pixels grow by a whole factor), captioned with the class and
+    score: what a notebook shows for an explanation."""
     from PIL import ImageDraw, ImageFont
 
     t = target_of(exp, 0)
-    img, f = _scaled(render.overlay(pixels_of(exp, image), t.heatmap, colormap, alpha), side)
+    img, f = _scaled(render.overlay(pixels_of(exp, image), t.heatmap, colormap, alpha), side, least)
     box = [v * f for v in t.box]
     img = render.draw_box(img, box, (t.peak[0] * f, t.peak[1] * f))
     size = 14

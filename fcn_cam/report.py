@@ -280,8 +280,8 @@ dialog::backdrop { background: rgba(10, 14, 22, .6); }
 .dbody { padding: 14px 16px; display: grid; gap: 16px; }
 .targets { display: grid; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); gap: 14px; }
 .target { margin: 0; }
-.frame { position: relative; display: inline-block; max-width: 100%; line-height: 0; background: #222a36; }
-.frame img { max-width: 100%; height: auto; }
+.frame { position: relative; width: 100%; line-height: 0; background: #222a36; }
+.frame img { width: 100%; height: auto; }  /* the frame is the image's box: the box's % are the image's */
 .frame .box { position: absolute; border: 2px solid #fff; outline: 1px solid #000; pointer-events: none; }
 .target figcaption { padding: 6px 0 0; }
 table { border-collapse: collapse; font-variant-numeric: tabular-nums; }

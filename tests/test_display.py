@@ -82,6 +82,8 @@ def test_repr_png_is_a_captioned_preview(cat):
     im = Image.open(io.BytesIO(data))
     assert im.mode == "RGB" and im.width == cat.width and im.height > cat.height  # caption strip below
     assert Image.open(io.BytesIO(display.repr_png(cat, side=200))).width == 200
+    small = Image.open(io.BytesIO(display.repr_png(cat, side=2000, least=1000)))
+    assert small.width == 2 * cat.width  # small images grow by whole pixels
 
 
 def test_plot_is_a_headless_figure(cat):

@@ -23,6 +23,8 @@ the page. File names are used only when they are plain names of files in ``DIR``
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import html
 import io
@@ -31,6 +33,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,12 +41,13 @@ from urllib.parse import quote
 
 from PIL import Image
 
-from .files import finite_json, write_atomic
+from .files import finite_json, stale_temporaries, write_atomic
 from .outputs import OutputDir
 from .render import draw_box, line_width
 
 INDEX = "index.html"
 THUMBS = Path(".report") / "thumbs"
+MANIFEST = "sizes.json"  # thumbnail name -> [width, height]: a rerun opens none of them
 _THUMB_NAME = re.compile(r"[0-9a-f]{20}\.jpg$")
 
 
@@ -158,8 +162,9 @@ def make_thumb(overlay: Path, dest: Path, size: int, box: list[float] | None,
     return img.size
 
 
-def _thumb(c: dict, root: Path, size: int) -> None:
-    """Set ``c["thumb"]`` (relative URL) and its size, making the file if it is not there."""
+def _thumb(c: dict, root: Path, size: int, known: dict[str, list[int]]) -> None:
+    """Set ``c["thumb"]`` (relative URL) and its size, making the file if it is not there
+    (``known``: the sizes of the thumbnails made before, from the manifest)."""
     c["thumb"] = c["thumb_size"] = None
     overlay = _plain_file(root, c["overlay"])
     if overlay is None:
@@ -168,8 +173,11 @@ def _thumb(c: dict, root: Path, size: int) -> None:
     dest = root / THUMBS / name
     try:
         if dest.is_file():
-            with Image.open(dest) as im:
-                c["thumb_size"] = list(im.size)
+            got = known.get(name)
+            if not (isinstance(got, list) and len(got) == 2 and all(_int(v) for v in got)):
+                with Image.open(dest) as im:
+                    got = list(im.size)
+            c["thumb_size"] = got
         else:
             c["thumb_size"] = list(make_thumb(overlay, dest, size, c["box"], c["peak"]))
     except (OSError, ValueError, Image.DecompressionBombError) as e:
@@ -209,14 +217,44 @@ def write_report(out_dir: str | os.PathLike, *, thumb_size: int = 256, workers: 
         raise ReportError(f"{root}: no {OutputDir.JSONL}; not an output folder of fcn-cam explain -o")
     with OutputDir(root) as out:
         records = out.records()
+    thumbs = root / THUMBS
+    thumbs.mkdir(parents=True, exist_ok=True)
+    with _locked(root / THUMBS.parent):  # one report writer at a time per folder
+        for p in stale_temporaries(thumbs, lambda n: n == MANIFEST or bool(_THUMB_NAME.match(n))) \
+                + stale_temporaries(root, lambda n: n == INDEX):
+            p.unlink(missing_ok=True)  # left by a killed writer
+        return _write(root, records, thumb_size, workers)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
+
+
+def _manifest(path: Path) -> dict[str, list[int]]:
+    try:
+        known = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def _write(root: Path, records: list[dict], thumb_size: int, workers: int) -> Path:
+    thumbs = root / THUMBS
     cards = [card(r, root) for r in records]
-    (root / THUMBS).mkdir(parents=True, exist_ok=True)
+    known = _manifest(thumbs / MANIFEST)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        list(pool.map(lambda c: _thumb(c, root, thumb_size), cards))
-    keep = {c["thumb"].rsplit("/", 1)[1] for c in cards if c["thumb"]}
-    for entry in os.scandir(root / THUMBS):  # thumbnails of records redone or gone
-        if _THUMB_NAME.match(entry.name) and entry.name not in keep:
+        list(pool.map(lambda c: _thumb(c, root, thumb_size, known), cards))
+    sizes = {c["thumb"].rsplit("/", 1)[1]: c["thumb_size"] for c in cards if c["thumb"]}
+    for entry in os.scandir(thumbs):  # thumbnails of records redone or gone
+        if _THUMB_NAME.match(entry.name) and entry.name not in sizes:
             Path(entry.path).unlink(missing_ok=True)
+    write_atomic(thumbs / MANIFEST, json.dumps(sizes, sort_keys=True).encode())
     title = f"fcn-cam report: {root.resolve().name}".encode("utf-8", "replace").decode()
     meta = {"title": title, "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "thumb": thumb_size}

@@ -75,7 +75,7 @@ def test_cards_thumbnails_once_and_reruns_add(tmp_path):
     assert page == out / INDEX
     cards = blob(page)
     assert [c["key"] for c in cards] == keys(out)
-    thumbs = sorted((out / THUMBS).iterdir())
+    thumbs = sorted((out / THUMBS).glob("*.jpg"))
     assert len(thumbs) == 5 and all(max(Image.open(t).size) == 32 for t in thumbs)
     stamps = {t.name: t.stat().st_mtime_ns for t in thumbs}
     with OutputDir(out) as o:  # more images explained: the rerun adds them, old thumbnails kept
@@ -84,10 +84,22 @@ def test_cards_thumbnails_once_and_reruns_add(tmp_path):
             o.write(*synthetic(i, tmp_path / "photos", rng))
     cards = blob(write_report(out, thumb_size=32))
     assert len(cards) == 8 and [c["key"] for c in cards] == keys(out)
-    now = {t.name: t.stat().st_mtime_ns for t in (out / THUMBS).iterdir()}
+    now = {t.name: t.stat().st_mtime_ns for t in (out / THUMBS).glob("*.jpg")}
     assert len(now) == 8 and all(now[n] == s for n, s in stamps.items())
     assert all(c["thumb"] and (out / c["thumb"]).is_file() for c in cards)
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    # a record redone (--overwrite) gets a new thumbnail, the old one goes; a killed
+    # writer's temporary file is removed
+    killed = out / THUMBS / ".0123456789abcdef0123.jpg.x1y2.tmp"
+    killed.write_bytes(b"half")
+    first = cards[0]
+    with OutputDir(out, overwrite=True) as o:
+        exp, img = synthetic(0, tmp_path / "photos", np.random.default_rng(99))
+        o.write(exp, img)
+    cards = {c["key"]: c for c in blob(write_report(out, thumb_size=32))}
+    assert len(cards) == 8 and cards[first["key"]]["thumb"] != first["thumb"]
+    assert not (out / first["thumb"]).exists() and not killed.exists()
+    assert len(list((out / THUMBS).glob("*.jpg"))) == 8
 
 
 def test_torn_foreign_and_odd_lines_never_break_it(tmp_path):

@@ -55,6 +55,13 @@ def test_their_convention_shapes_and_targets():
             cam(x, None, eigen_smooth=True)
         big = cam(torch.randn(1, 3, 80, 96), [2])  # any input size: maps at that size
         assert big.shape == (1, 80, 96)
+    with torch.no_grad():
+        want = model(x)
+    for kw in ({"scale": (1, 2)}, {"scale": 2}, {"pad": "cover"}, {"pad": "window", "maps": "scores"}):
+        other = CAM(model, input_size=NATIVE, **kw)  # logits of the input as given, whatever the passes
+        m = other(x, [3, 1])
+        assert m.shape == (2, NATIVE, NATIVE) and m.min() >= 0 and m.max() <= 1, kw
+        assert torch.allclose(other.outputs, want, atol=1e-4, rtol=1e-4), kw
 
 
 def test_constant_map_is_zeros_not_nan():

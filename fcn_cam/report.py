@@ -76,12 +76,13 @@ def _coords(v: Any, n: int) -> list[float] | None:
     return None
 
 
-def _plain_file(root: Path, name: Any) -> Path | None:
-    """``root / name`` when ``name`` is a plain file name (no folder, no ``..``) of a file."""
+def _plain_file(root: Path, name: Any, present: set[str] | None = None) -> Path | None:
+    """``root / name`` when ``name`` is a plain file name (no folder, no ``..``) of a file
+    (one of ``present``, the folder's files, when given: one listing instead of a stat each)."""
     if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
         return None
     p = root / name
-    return p if p.is_file() else None
+    return p if (name in present if present is not None else p.is_file()) else None
 
 
 def _url(name: str) -> str:
@@ -105,16 +106,16 @@ def _targets(rec: dict) -> list[dict]:
     return out
 
 
-def card(rec: dict, root: Path) -> dict:
+def card(rec: dict, root: Path, present: set[str] | None = None) -> dict:
     """What the page shows of one record: checked fields, the files present and missing."""
     image = _str(rec.get("image"))
     targets = _targets(rec)
     missing = []
     for t in targets:
         for name in filter(None, [t["overlay"], *t["maps"]]):
-            if _plain_file(root, name) is None:
+            if _plain_file(root, name, present) is None:
                 missing.append(name)
-        t["url"] = _url(t["overlay"]) if _plain_file(root, t["overlay"]) else None
+        t["url"] = _url(t["overlay"]) if _plain_file(root, t["overlay"], present) else None
         del t["maps"]
     first = targets[0] if targets else {}
     return {
@@ -131,7 +132,7 @@ def card(rec: dict, root: Path) -> dict:
         "overlay": first.get("overlay"),
         "missing": missing,
         "error": _str(rec.get("error")),
-        "record": finite_json(rec)[0],
+        "record": rec,
     }
 
 
@@ -246,7 +247,8 @@ def _manifest(path: Path) -> dict[str, list[int]]:
 
 def _write(root: Path, records: list[dict], thumb_size: int, workers: int) -> Path:
     thumbs = root / THUMBS
-    cards = [card(r, root) for r in records]
+    present = {e.name for e in os.scandir(root) if e.is_file()}
+    cards = [card(r, root, present) for r in records]
     known = _manifest(thumbs / MANIFEST)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(pool.map(lambda c: _thumb(c, root, thumb_size, known), cards))
@@ -255,12 +257,16 @@ def _write(root: Path, records: list[dict], thumb_size: int, workers: int) -> Pa
         if _THUMB_NAME.match(entry.name) and entry.name not in sizes:
             Path(entry.path).unlink(missing_ok=True)
     write_atomic(thumbs / MANIFEST, json.dumps(sizes, sort_keys=True).encode())
+    try:
+        data = script_json(cards)
+    except ValueError:  # NaN or Infinity in a foreign line: null in the page (strict JSON)
+        data = script_json(finite_json(cards)[0])
     title = f"fcn-cam report: {root.resolve().name}".encode("utf-8", "replace").decode()
     meta = {"title": title, "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "thumb": thumb_size}
     page = (PAGE.replace("__TITLE__", html.escape(title))
             .replace("__META__", script_json(meta))
-            .replace("__DATA__", script_json(cards)))
+            .replace("__DATA__", data))
     path = root / INDEX
     write_atomic(path, page.encode("utf-8"))
     return path

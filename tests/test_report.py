@@ -111,12 +111,14 @@ def test_torn_foreign_and_odd_lines_never_break_it(tmp_path):
         f.write('{"no": "key"}\n')
         f.write(json.dumps({"key": "foreign</script><b>", "image": "<img src=x onerror=alert(1)>.jpg",
                             "score": "high", "class_index": True, "files": "nope", "box": [1, 2],
+                            "width": float("nan"), "peak": [float("inf"), 0],
                             "targets": [None, 3]}) + "\n")
         f.write('{"key": "torn", "image": "half')  # a line still being written
     cards = {c["key"]: c for c in blob(write_report(out))}
     assert set(cards) == {*(r["key"] for r in recs), "foreign</script><b>"}
     odd = cards["foreign</script><b>"]
     assert odd["score"] is None and odd["class"] is None and odd["box"] is None and odd["thumb"] is None
+    assert odd["peak"] is None and odd["record"]["width"] is None  # NaN/Infinity: null in the page
     gone = cards[recs[1]["key"]]
     assert gone["thumb"] is None and gone["missing"] == [recs[1]["files"][0]["overlay"]]
     assert gone["targets"][0]["url"] is None

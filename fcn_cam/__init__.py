@@ -21,7 +21,7 @@ _PUBLIC = {
     "score_maps": "maps", "cell_maps": "maps",
     "Geometry": "geometry", "align": "geometry",
     "ModelFileError": "modelfile", "load": "modelfile", "save": "modelfile",
-    "prepare": "runtime",
+    "prepare": "runtime", "plot": "display",
     "FCN": "surgery", "Layout": "layout", "ConversionError": "errors", "convert": "conversion",
 }
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "explain",
     "explain_files",
     "load",
+    "plot",
     "prepare",
     "save",
     "score_maps",
@@ -50,6 +51,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .conversion import convert
+    from .display import plot
     from .errors import ConversionError
     from .explanation import Explanation, Result, Target, explain, explain_files
     from .geometry import Geometry, align

@@ -194,6 +194,8 @@ ChannelsLast = Annotated[bool, typer.Option(help="Channels-last memory format.")
 MaxMemory = Annotated[str, typer.Option(
     help="Refuse an image whose estimated activation memory (from the layers' channel counts and the input "
     "size) exceeds this: e.g. 4G, 512M, or none. Default: 3/4 of the RAM.")]
+MaxPixels = Annotated[int, typer.Option(
+    help="Refuse images whose header declares more pixels than this (decompression bombs).", min=1)]
 OverwriteRecords = Annotated[bool, typer.Option(
     help="Redo the given images, replacing their records and files (others are kept).")]
 Ray = Annotated[str | None, typer.Option(
@@ -204,6 +206,9 @@ Ray = Annotated[str | None, typer.Option(
 RayActors = Annotated[int | None, typer.Option(
     help="With --ray: model actors (default: one per 4 CPUs of the cluster, at most).", min=1)]
 RayGpus = Annotated[float, typer.Option(help="With --ray: GPUs per model actor.", min=0)]
+ReportOpt = Annotated[bool, typer.Option(
+    "--report", help="Write OUTPUT_DIR/index.html at the end: a gallery of every record in the folder, to "
+    "open in a browser (as `fcn-cam report`).")]
 
 
 def printer(progress: bool):
@@ -218,7 +223,7 @@ def printer(progress: bool):
             if progress:
                 typer.echo(f"\r[{ev.done}/{ev.todo}] {ev.text[:40]:<40}", err=True, nl=False)
         else:
-            prefix = "error: " if ev.kind == "error" else "skipped: "
+            prefix = {"error": "error: ", "skipped": "skipped: "}.get(ev.kind, "")
             echo_err(("\n" if progress else "") + prefix + ev.text)
 
     return emit
@@ -260,7 +265,9 @@ def explain(
     weights: ArchWeights = "DEFAULT", output_stride: ArchStride = None,
     precision: Precision = Runtime.precision, device: Device = Runtime.device,
     channels_last: ChannelsLast = Runtime.channels_last, max_memory: MaxMemory = "auto",
-    overwrite: OverwriteRecords = False, ray: Ray = None, ray_actors: RayActors = None, ray_gpus: RayGpus = 0,
+    max_pixels: MaxPixels = Runtime.max_pixels,
+    overwrite: OverwriteRecords = False, report: ReportOpt = False, ray: Ray = None,
+    ray_actors: RayActors = None, ray_gpus: RayGpus = 0,
 ) -> None:
     """Explain images: one forward pass per image and scale gives every class's map.
 
@@ -276,10 +283,10 @@ def explain(
         settings = Settings(scale=tuple(scale or DEFAULT_SCALE), maps=maps, pad="none" if no_pad else pad,
                             clamp=clamp, target=class_, top_k=top_k, box_fraction=box_fraction, rank=rank)
         runtime = Runtime(device=device, precision=precision, channels_last=channels_last,
-                          batch_size=batch_size)
-        look = {"colormap": colormap, "alpha": alpha}
-        if no_save and output_dir is not None:
-            raise ValueError("--no-save writes nothing; do not combine it with -o")
+                          batch_size=batch_size, max_pixels=max_pixels)
+        look = {"colormap": colormap, "alpha": alpha, "report": report}
+        if no_save and (output_dir is not None or report):
+            raise ValueError("--no-save writes nothing; do not combine it with -o or --report")
         output = Output.default(**look) if output_dir is None and not no_save else \
             Output(output_dir, overwrite=overwrite, **look)
         ray_opts = {"address": ray, "actors": ray_actors, "num_gpus": ray_gpus} if ray is not None else None
@@ -292,7 +299,25 @@ def explain(
     run_job(job)
 
 
-# -- info, demo ----------------------------------------------------------------------------
+# -- report, info, demo ------------------------------------------------------------------------------
+
+
+@app.command()
+def report(
+    output_dir: Annotated[Path, typer.Argument(help="An output folder of `fcn-cam explain`.")],
+    thumb_size: Annotated[int, typer.Option(
+        help="Thumbnails' longest side, in pixels.", min=16, max=2048)] = 256,
+) -> None:
+    """Write OUTPUT_DIR/index.html: a self-contained gallery of the folder's records, with a
+    class filter, sorting and search (open it in a browser; no server, no network). Rerun it
+    after more images were explained: only the new thumbnails are made."""
+    from .report import ReportError, write_report
+
+    try:
+        path = write_report(output_dir, thumb_size=thumb_size)
+    except (ReportError, OSError) as e:
+        raise fail(str(e)) from None
+    typer.echo(str(path))
 
 
 @app.command()

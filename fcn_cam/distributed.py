@@ -32,6 +32,7 @@ from .modelfile import load
 from .outputs import OutputDir
 from .records import commit
 from .runtime import prepare
+from .settings import MAX_PIXELS
 from .surgery import FCN
 
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
@@ -158,6 +159,7 @@ def explain_dataset(
     decode_cpus: float = 0,
     runtime: Mapping[str, Any] | None = None,
     output: Mapping[str, Any] | None = None,
+    max_pixels: int = MAX_PIXELS,
     **options: Any,
 ) -> Iterator[Result]:
     """Explain a dataset of images on a Ray cluster; yield one :class:`Result` per image as
@@ -185,6 +187,7 @@ def explain_dataset(
         runtime: keyword arguments of :func:`fcn_cam.prepare` (``precision``, ``device``, …),
             applied in each actor.
         output: keyword arguments of :class:`OutputDir` (``overwrite``, ``colormap``, ``alpha``).
+        max_pixels: images declaring more pixels are refused before decoding.
         **options: keyword arguments of :func:`fcn_cam.explain_files` (``settings``,
             ``batch_size``, or any :class:`~fcn_cam.settings.Settings` field), passed through unchanged.
 
@@ -202,7 +205,7 @@ def explain_dataset(
         with OutputDir(output_dir, **output):  # usable? (one clear error here, not in every actor)
             root = str(Path(output_dir).resolve())
     # Arguments are checked above, now; Ray starts when the first result is asked for.
-    return _run(ray, address, model, paths, root, actors, num_cpus, num_gpus, decode_cpus,
+    return _run(ray, address, model, paths, root, actors, num_cpus, num_gpus, (decode_cpus, max_pixels),
                 dict(runtime or {}), output, options)
 
 
@@ -240,7 +243,7 @@ def _quiet(ray) -> Iterator[None]:
         log.setLevel(level)
 
 
-def _run(ray, address, model, paths, root, actors, num_cpus, num_gpus, decode_cpus, runtime, output,
+def _run(ray, address, model, paths, root, actors, num_cpus, num_gpus, decode, runtime, output,
          options) -> Iterator[Result]:
     started = not ray.is_initialized()
     try:
@@ -248,7 +251,7 @@ def _run(ray, address, model, paths, root, actors, num_cpus, num_gpus, decode_cp
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING)
         with _quiet(ray):
-            yield from _stream(ray, model, paths, root, actors, num_cpus, num_gpus, decode_cpus, runtime,
+            yield from _stream(ray, model, paths, root, actors, num_cpus, num_gpus, decode, runtime,
                                output, options)
     except (ray.exceptions.RayError, ConnectionError) as e:
         raise RayRunError(f"the Ray run failed: {_reason(e)}") from e
@@ -257,7 +260,8 @@ def _run(ray, address, model, paths, root, actors, num_cpus, num_gpus, decode_cp
             ray.shutdown()
 
 
-def _stream(ray, model, paths, root, actors, num_cpus, num_gpus, decode_cpus, runtime, output, options):
+def _stream(ray, model, paths, root, actors, num_cpus, num_gpus, decode, runtime, output, options):
+    decode_cpus, max_pixels = decode  # CPUs of each decoding task, the images' pixel limit
     cpus = ray.cluster_resources().get("CPU", 1)
     if num_cpus is None:
         num_cpus = 1 if num_gpus else max(1, min(4, int(cpus)))
@@ -274,7 +278,8 @@ def _stream(ray, model, paths, root, actors, num_cpus, num_gpus, decode_cpus, ru
         decoders = {"compute": ray.data.TaskPoolStrategy(size=actors)}
     except TypeError:  # Ray < 2.51 bounds tasks with concurrency=
         decoders = {"concurrency": actors}
-    ds = ds.map_batches(decode_batch, batch_size=batch_size, num_cpus=decode_cpus, **decoders)
+    ds = ds.map_batches(decode_batch, batch_size=batch_size, num_cpus=decode_cpus,
+                        fn_kwargs={"max_pixels": max_pixels}, **decoders)
     # A model object goes into the object store once (not pickled into every actor's constructor);
     # a file is read by each actor itself, which is faster still (no 0.5 GB through the store).
     model = ray.put(model) if isinstance(model, FCN) else str(Path(model).resolve())

@@ -62,8 +62,32 @@ class Explanation:
     maps: str = "scores"  # the map kind: window scores or cell decomposition
     clamp: bool = False
     targets: list[Target] = field(default_factory=list)
-    #: the decoded RGB image (for display; never part of a record)
+    #: the decoded RGB image (for display; never part of a record, repr or comparison)
     pixels: Image.Image | None = field(default=None, repr=False, compare=False)
+
+    def overlay(self, target: int | str = 0, *, image: ImageLike | None = None, colormap: str = "jet",
+                alpha: float = 0.5, box: bool = False) -> Image.Image:
+        """The target's heatmap over the image, as ``fcn-cam explain`` writes it for the same
+        colormap and alpha (:func:`fcn_cam.display.overlay`); ``box`` draws its box and peak."""
+        from .display import overlay
+
+        return overlay(self, target, image=image, colormap=colormap, alpha=alpha, box=box)
+
+    def show(self, **kwargs: Any):
+        """A matplotlib figure of the image and each explained class's overlay with its box,
+        peak and score (:func:`fcn_cam.display.plot`, which takes the keyword arguments)."""
+        from .display import plot
+
+        return plot(self, **kwargs)
+
+    def _repr_png_(self) -> bytes | None:
+        """What a notebook shows: the top class's overlay with its box, class and score."""
+        from .display import repr_png
+
+        try:
+            return repr_png(self)
+        except ValueError:  # no pixels to show: the notebook shows the text repr instead
+            return None
 
     def record(self) -> dict:
         """The JSON line for ``explanations.jsonl`` (primary target first)."""

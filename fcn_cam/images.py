@@ -30,13 +30,12 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .files import shown
+from .settings import MAX_PIXELS
 
 if TYPE_CHECKING:
     import torch
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
-# PIL's own decompression-bomb threshold; a declared size beyond it is refused up front.
-MAX_PIXELS = 89_478_485
 #: How a person lifts :data:`MAX_PIXELS` (named in the refusal).
 MAX_PIXELS_HINT = "--max-pixels N (max_pixels= in the API) raises it"
 BACKGROUND = (255, 255, 255)  # what transparent pixels become, for every kind of input
@@ -328,7 +327,7 @@ def find_images(
 NO_IMAGE = np.zeros((0, 0, 3), np.uint8)
 
 
-def decode_batch(batch: dict[str, Any]) -> dict[str, Any]:
+def decode_batch(batch: dict[str, Any], max_pixels: int = MAX_PIXELS) -> dict[str, Any]:
     """Read and decode a batch of files: ``{"path", "read"}`` columns (the name to report,
     the path to open) → ``{"path", "image", "error"}``, an ``[H, W, 3]`` uint8 array or
     :data:`NO_IMAGE` with the reason per file; a failure is that file's, never the batch's.
@@ -338,7 +337,7 @@ def decode_batch(batch: dict[str, Any]) -> dict[str, Any]:
     images, errors = [], []
     for name, path in zip(batch["path"], batch["read"]):
         try:
-            images.append(np.asarray(load_image(path)))
+            images.append(np.asarray(load_image(path, max_pixels)))
             errors.append("")
         except Exception as e:  # noqa: BLE001 - any failure is this file's record, never the run's end
             images.append(NO_IMAGE)

@@ -20,6 +20,7 @@ options, prints what these report and sets the exit code.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -41,9 +42,9 @@ if TYPE_CHECKING:
 def expected_errors() -> tuple[type[Exception], ...]:
     """The errors a command reports as one line (bad input, not a bug)."""
     from .distributed import RayRunError
+    from .errors import ConversionError
     from .modelfile import ModelFileError
     from .outputs import OutputError
-    from .errors import ConversionError
     from .zoo import WeightsError
 
     return ModelFileError, WeightsError, ConversionError, ValueError, FileExistsError, OutputError, RayRunError
@@ -132,20 +133,6 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB"
 
 
-def header_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the header only, or None (the decoder will say what is wrong)."""
-    from PIL import Image
-
-    from .images import check_file
-
-    try:
-        check_file(path)
-        with Image.open(path) as im:
-            return im.size
-    except Exception:  # noqa: BLE001 - any problem is reported when the image is decoded
-        return None
-
-
 # -- the model -----------------------------------------------------------------------------
 
 
@@ -205,8 +192,8 @@ class Tally:
 
 @dataclass
 class Event:
-    """Something a run reports: ``record`` (a written image's JSON line), ``error`` or
-    ``skipped`` (one line each), ``progress`` (``done`` of ``todo``, the image's name)."""
+    """Something a run reports: ``record`` (a written image's JSON line), ``error``,
+    ``skipped`` or ``note`` (one line each), ``progress`` (``done`` of ``todo``, the image's name)."""
 
     kind: str
     text: str = ""
@@ -229,6 +216,7 @@ class ExplainJob:
     out: OutputDir | None
     notes: list[str] = field(default_factory=list)
     tally: Tally = field(default_factory=Tally)
+    folder_notes: int = 0  # how many of the folder's repair / invalid-line notes were reported
     ray: dict[str, Any] | None = None  # address, actors, num_gpus
 
 
@@ -301,7 +289,9 @@ def plan_explain(
         ValueError, ModelFileError, WeightsError, ConversionError, OutputError: one line each.
     """
     from .explanation import sides
+    from .files import shown
     from .geometry import input_activation_bytes
+    from .images import header_size
     from .outputs import OutputDir
     from .render import check_colormap
 
@@ -331,18 +321,30 @@ def plan_explain(
         if out and out.done(p):
             job.tally.skipped += 1
             continue
-        size = header_size(p) if budget is not None else None
+        size = header_size(p) if budget is not None else None  # (quiet: no PIL warning)
         need = input_activation_bytes(fcn, size, side_list, s.pad) if size else 0
         if budget is not None and need > budget:
             job.refused.append(
-                f"{p}: {size[0]}×{size[1]} at --scale {' '.join(f'{x:g}' for x in s.scale)} needs about "
+                f"{shown(p)}: {size[0]}×{size[1]} at --scale {' '.join(f'{x:g}' for x in s.scale)} needs about "
                 f"{gib(need)} of activations, over the limit of {gib(budget)} (--max-memory)")
             continue
         job.todo.append(p)
+    folder_notes(job)
     if job.tally.skipped:
         notes.append(f"skipped {job.tally.skipped} of {len(paths)} images already done in {output.dir} "
                      "(--overwrite redoes them)")
     return job
+
+
+def folder_notes(job: ExplainJob) -> list[str]:
+    """The output folder's notes not reported yet (a torn line moved aside, an invalid line
+    to be redone: :attr:`OutputDir.repaired`, :attr:`OutputDir.invalid`), added to the job's."""
+    if job.out is None:
+        return []
+    new = [f"note: {line}" for line in [*job.out.repaired, *job.out.invalid][job.folder_notes:]]
+    job.folder_notes += len(new)
+    job.notes += new
+    return new
 
 
 # -- running -------------------------------------------------------------------------------
@@ -351,9 +353,11 @@ def plan_explain(
 def _results(job: ExplainJob) -> Iterator[Result]:
     """The executor: the local explain path, or the same over a Ray cluster."""
     from .explanation import explain_files
+    from .images import load_image
 
     if job.ray is None or not job.todo:  # (nothing left to do: no need to start Ray)
-        return explain_files(job.fcn, job.todo, job.settings, batch_size=job.runtime.batch_size)
+        return explain_files(job.fcn, job.todo, job.settings, batch_size=job.runtime.batch_size,
+                             load=functools.partial(load_image, max_pixels=job.runtime.max_pixels))
     from . import distributed
 
     out = job.out
@@ -364,8 +368,8 @@ def _results(job: ExplainJob) -> Iterator[Result]:
     return distributed.explain_dataset(
         shipped, job.todo, job.output.dir if out else None, address=job.ray.get("address"),
         actors=job.ray.get("actors"), num_gpus=job.ray.get("num_gpus", 0),
-        runtime=job.runtime.prepare_kwargs(), output=writing, settings=job.settings,
-        batch_size=job.runtime.batch_size)
+        runtime=job.runtime.prepare_kwargs(), output=writing, max_pixels=job.runtime.max_pixels,
+        settings=job.settings, batch_size=job.runtime.batch_size)
 
 
 #: What a folder's record adds to the explanation's own (:mod:`fcn_cam.outputs`).
@@ -382,6 +386,7 @@ def run(job: ExplainJob, emit: Callable[[Event], None]) -> Tally:
     has started, closes the folder and propagates; ``job.tally`` says what was done.
     """
     from .explanation import prefetch
+    from .files import shown
     from .records import commit
 
     tally = job.tally
@@ -408,12 +413,29 @@ def run(job: ExplainJob, emit: Callable[[Event], None]) -> Tally:
     stream = prefetch(finish, _results(job), workers=1, depth=4)
     try:
         for i, r in enumerate(stream, 1):
-            emit(Event("progress", r.path.name, done=i, todo=len(job.todo)))
+            emit(Event("progress", shown(r.path.name), done=i, todo=len(job.todo)))
+        stream.close()
+        if job.output.report and job.out:  # also after failures: what was written is there to browse
+            _report(job, emit)
     finally:
         stream.close()  # lets the writer finish (and report) what it has started
+        for line in folder_notes(job):  # lines another process damaged meanwhile
+            emit(Event("note", line))
         if job.out:
             job.out.close()
     return tally
+
+
+def _report(job: ExplainJob, emit: Callable[[Event], None]) -> None:
+    """Write the folder's HTML gallery (:func:`fcn_cam.report.write_report`); a failure to
+    write it counts as a failure of the run."""
+    from .report import ReportError, write_report
+
+    try:
+        emit(Event("note", f"report: {write_report(job.output.dir)}"))
+    except (ReportError, OSError) as e:
+        job.tally.failed += 1
+        emit(Event("error", f"report: {e}"))
 
 
 def where_written(job: ExplainJob) -> str | None:

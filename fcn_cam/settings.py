@@ -36,6 +36,9 @@ DEFAULT_PAD = "features"
 DEFAULT_CLAMP = False
 #: Where ``fcn-cam explain`` writes when not given ``-o`` (``$FCN_CAM_OUTPUT`` overrides it).
 DEFAULT_OUTPUT = "fcn-cam-out"
+#: Images whose header declares more pixels are refused before decoding (decompression bombs);
+#: PIL's own limit, which ``--max-pixels`` / ``max_pixels=`` replaces.
+MAX_PIXELS = 89_478_485
 #: The box is the largest region above this fraction of the heatmap's range, per map kind.
 BOX_FRACTION: dict[str, float] = {"scores": 0.65, "cells": 0.4}
 
@@ -172,14 +175,16 @@ class Settings:
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where and how an explanation runs (:func:`fcn_cam.prepare`); changes no value beyond
-    rounding, except ``precision`` (so that one is part of the record key)."""
+    """Where and how an explanation runs (:func:`fcn_cam.prepare`) and which inputs it takes
+    (``max_pixels``); changes no value beyond rounding, except ``precision`` (so that one is
+    part of the record key)."""
 
     device: str = "auto"
     precision: str = "auto"
     channels_last: bool = True
     batch_size: int = 8
     threads: int | None = None
+    max_pixels: int = MAX_PIXELS
 
     def __post_init__(self) -> None:
         _one_of("precision", self.precision, PRECISIONS)
@@ -187,6 +192,8 @@ class Runtime:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
             raise ValueError(f"threads must be a positive integer, got {self.threads!r}")
+        if not _is_int(self.max_pixels) or self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be a positive integer, got {self.max_pixels!r}")
 
     def prepare_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`fcn_cam.prepare`."""

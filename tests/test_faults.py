@@ -605,8 +605,6 @@ def test_decompression_bomb_is_one_line_with_one_limit(tmp_path):
     assert caught == []
 
 
-@pytest.mark.xfail(strict=True, reason="cli.header_size still calls Image.open (PIL warns on stderr): "
-                   "it should use fcn_cam.images.header_size (the lead's file)")
 def test_cli_prints_no_pil_warning(small_model_file, tmp_path):
     from test_cli import png_with_size
 
@@ -618,8 +616,6 @@ def test_cli_prints_no_pil_warning(small_model_file, tmp_path):
     assert "Warning" not in r.stderr and "site-packages" not in r.stderr, r.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="the CLI does not print OutputDir.repaired / .invalid yet "
-                   "(the lead's file)")
 def test_cli_notes_repairs_and_invalid_lines(small_model_file, photos, done_folder):
     jsonl = done_folder / JSONL
     lines = jsonl.read_bytes().split(b"\n")[:-1]

@@ -15,7 +15,7 @@ import typer
 
 # Only what the help needs at import: torch and the model code load when a command runs.
 from .defaults import DEFAULT_CLAMP, DEFAULT_MAPS, DEFAULT_PAD, DEFAULT_SCALE
-from .names import NAMES
+from .registry import NAMES
 
 if TYPE_CHECKING:
     from .explanation import Result
@@ -484,7 +484,16 @@ def info(file: Annotated[Path, typer.Argument(help="A model file from `fcn-cam c
         validate(obj, file)
     except ModelFileError as e:
         raise fail(str(e)) from None
-    meta = dict(obj["info"])
+    meta = {}
+    for key, value in obj["info"].items():
+        if key == "weights_file":
+            continue
+        meta[key] = value
+        wf = obj["info"].get("weights_file")
+        if key == "weights" and wf:  # where the weights came from, next to their label
+            url = f", from {wf['url']}" if wf.get("url") else ""
+            meta["weights_file"] = (f"{wf['path']} ({wf.get('form') or 'file'}, {wf['bytes']:,} bytes{url}), "
+                                    f"sha256 {wf['sha256']}")
     names = meta.pop("class_names") or []
     meta["classes"] = f"{len(names)} ({', '.join(names[:3])}{', …' if len(names) > 3 else ''})"
     meta["format"] = f"{obj['format']} v{obj['version']}"

@@ -20,7 +20,14 @@ import torch
 from torch import nn
 
 from . import registry
-from .importers.checkpoint import Checkpoint, WeightsError, file_digest, open_checkpoint, read_class_names
+from .importers.checkpoint import (
+    Checkpoint,
+    NotAChainError,
+    WeightsError,
+    file_digest,
+    open_checkpoint,
+    read_class_names,
+)
 from .registry import ARCHS, DEMOS, NAMES  # noqa: F401 (re-exported: older imports)
 from .runtime import resolve_device
 from .surgery import FCN, IMAGENET_MEAN, IMAGENET_STD, convert
@@ -198,7 +205,15 @@ def build(arch: str, weights: str = "DEFAULT", *, trust_pickle: bool = False) ->
         sd, digest = _download(arch, weights)
         return _from_state_dict(arch, sd, digest["path"]), {
             "weights": weights, "weights_file": digest, "num_classes": IMAGENET_CLASSES, "reference": None}
-    ck = open_checkpoint(path, trust_pickle=trust_pickle)
+    try:
+        ck = open_checkpoint(path, trust_pickle=trust_pickle)
+    except NotAChainError as err:  # e.g. a scripted torchvision net: its tensors, checked against its forward
+        try:
+            model = _from_state_dict(arch, dict(err.archive.state_dict()), path)
+        except WeightsError:
+            raise err from None
+        return model, {"weights": str(path), "weights_file": {**file_digest(path), "form": "torchscript"},
+                       "num_classes": _out_features(model), "reference": err.archive}
     digest = {**file_digest(path), "form": ck.form}
     reference = None
     if isinstance(ck.value, dict):

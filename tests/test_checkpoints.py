@@ -317,6 +317,22 @@ def test_torchscript_chain(tmp_path, how):
     assert fcn.info["arch"] == "vgg11"
 
 
+def test_scripted_torchvision_net_given_its_architecture(tmp_path, resnet5):
+    """Not a chain (ResNet's forward adds branches), but its tensors fit the named
+    architecture, and the conversion is checked against the archive's own forward."""
+    path = tmp_path / "resnet.pt"
+    torch.jit.save(torch.jit.script(resnet5), path)
+    with pytest.raises(WeightsError) as e:
+        read_checkpoint(path)
+    assert "top module is ResNet" in one_line(e, path)
+    fcn = zoo.load_arch("resnet18", str(path), class_names=NAMES5)
+    assert fcn.info["weights_file"]["form"] == "torchscript"
+    reproduces(fcn, resnet5, tmp_path, NAMES5)
+    with pytest.raises(WeightsError) as e:  # tensors that do not fit: the archive's own refusal
+        zoo.load_arch("resnet34", str(path))
+    assert "top module is ResNet" in one_line(e, path)
+
+
 def test_torchscript_that_is_not_a_chain(tmp_path):
     class Net(nn.Module):
         def __init__(self):

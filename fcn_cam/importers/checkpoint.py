@@ -43,6 +43,13 @@ class WeightsError(RuntimeError):
     """Weights could not be found, downloaded or loaded."""
 
 
+class NotAChainError(WeightsError):
+    """A TorchScript archive that is not a chain of standard layers; ``archive`` is the loaded
+    ScriptModule (its tensors still fit a named architecture, see :func:`fcn_cam.zoo.build`)."""
+
+    archive: torch.jit.ScriptModule | None = None
+
+
 @dataclass
 class Checkpoint:
     """What a weights file held.
@@ -298,7 +305,11 @@ def torchscript_chain(path: str | os.PathLike) -> nn.Sequential:
             scripted = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:  # noqa: BLE001
             raise WeightsError(f"{path}: not a loadable TorchScript archive ({_first_line(e)})") from None
-    chain = _rebuild(scripted, "", path).eval()
+    try:
+        chain = _rebuild(scripted, "", path).eval()
+    except NotAChainError as e:
+        e.archive = scripted.eval()
+        raise
     _check_chain(chain, scripted.eval(), path)
     return chain
 
@@ -310,7 +321,7 @@ def _rebuild(m: torch.jit.ScriptModule, name: str, path: Path) -> nn.Module:
                                          for n, c in m.named_children()))
     if kind not in _LAYERS:
         what = "its top module" if not name else f"layer {name}"
-        raise WeightsError(
+        raise NotAChainError(
             f"{path}: a TorchScript archive whose {what} is {kind}, not a plain chain of standard layers "
             f"(fcn-cam rebuilds nn.Sequential of {', '.join(_LAYERS)}); convert the model in Python "
             "from the code that defines it, or save its state_dict()"

@@ -190,7 +190,8 @@ def build(arch: str, weights: str = "DEFAULT", *, trust_pickle: bool = False) ->
 
     Returns:
         ``(model, provenance)`` with provenance ``{"weights": label, "weights_file": {path,
-        sha256, bytes, form[, url]} or None, "num_classes": K, "reference": module or None}``;
+        sha256, bytes, form[, url]} or None, "num_classes": K (None for the user's own module: known
+        once converted), "reference": module or None}``;
         ``reference`` is the user's own module when ``model`` was rebuilt from it (the
         conversion is then checked against the user's module).
     """
@@ -213,7 +214,7 @@ def build(arch: str, weights: str = "DEFAULT", *, trust_pickle: bool = False) ->
         except WeightsError:
             raise err from None
         return model, {"weights": str(path), "weights_file": {**file_digest(path), "form": "torchscript"},
-                       "num_classes": _out_features(model), "reference": err.archive}
+                       "num_classes": _head_classes(model.state_dict(), e.head), "reference": err.archive}
     digest = {**file_digest(path), "form": ck.form}
     reference = None
     if isinstance(ck.value, dict):
@@ -221,15 +222,10 @@ def build(arch: str, weights: str = "DEFAULT", *, trust_pickle: bool = False) ->
     elif e.kind == "torchvision":  # saved by name: the weights must fit torchvision's net exactly
         reference = ck.value
         model = _from_state_dict(arch, reference.state_dict(), path)
-    else:
-        model = ck.value
-    k = _out_features(model)
+    else:  # the user's own module: its class count is known once converted
+        return ck.value, {"weights": str(path), "weights_file": digest, "num_classes": None, "reference": None}
+    k = _head_classes(model.state_dict(), e.head)
     return model, {"weights": str(path), "weights_file": digest, "num_classes": k, "reference": reference}
-
-
-def _out_features(model: nn.Module) -> int | None:
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return linears[-1].out_features if linears else None
 
 
 # -- conversion
@@ -301,7 +297,7 @@ def demo_fcn(
     except FileNotFoundError as e:
         raise WeightsError(str(e)) from None
     model = fc if name == "demo-fc" else gap
-    provenance = {"weights": path or "shipped", "num_classes": _out_features(model),
+    provenance = {"weights": path or "shipped", "num_classes": None,
                   "weights_file": {**file_digest(path), "form": "twins"} if path else None}
     return _finish(
         model, provenance, arch=f"{name}-twin", input_size=input_size or INPUT_SIZE,
@@ -352,7 +348,7 @@ def load_checkpoint(
         raise WeightsError(f"{path}: holds a state dict ({len(ck.value)} tensors) but no model; name its "
                            "architecture: fcn-cam convert ARCH --weights FILE")
     provenance = {"weights": str(path), "weights_file": {**file_digest(path), "form": ck.form},
-                  "num_classes": _out_features(ck.value)}
+                  "num_classes": None}
     return _finish(
         ck.value, provenance, arch=type(ck.value).__name__, input_size=input_size, class_names=class_names,
         default_names=None, mean=mean, std=std, output_stride=output_stride, device=device,

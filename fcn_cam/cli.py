@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .names import NAMES
+from .registry import NAMES
 from .settings import DEFAULT_OUTPUT, DEFAULT_SCALE, Output, Runtime, Settings
 
 if TYPE_CHECKING:

@@ -80,12 +80,22 @@ def convert_file(
 
 
 def describe_file(path: Path) -> dict[str, Any]:
-    """``fcn-cam info``: a model file's metadata, read without running any code from it."""
+    """``fcn-cam info``: a model file's metadata, read without running any code from it,
+    with where its weights came from (the file, its form and sha256) next to their label."""
     from .modelfile import read, validate
 
     obj = read(path)
     validate(obj, path)
-    meta = dict(obj["info"])
+    meta = {}
+    for key, value in obj["info"].items():
+        if key == "weights_file":
+            continue
+        meta[key] = value
+        wf = obj["info"].get("weights_file")
+        if key == "weights" and wf:
+            url = f", from {wf['url']}" if wf.get("url") else ""
+            meta["weights_file"] = (f"{wf['path']} ({wf.get('form') or 'file'}, {wf['bytes']:,} bytes{url}), "
+                                    f"sha256 {wf['sha256']}")
     names = meta.pop("class_names") or []
     meta["classes"] = f"{len(names)} ({', '.join(names[:3])}{', …' if len(names) > 3 else ''})"
     meta["format"] = f"{obj['format']} v{obj['version']}"
@@ -158,7 +168,7 @@ class ModelSpec:
     def open(self, device: str = "cpu") -> FCN:
         from . import zoo
         from .modelfile import load
-        from .names import NAMES
+        from .registry import NAMES
         from .runtime import resolve_device
 
         if self.model in NAMES and not Path(self.model).exists():

@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import registry
 from .conversion import convert
 from .errors import ConversionError
 from .files import write_atomic
 from .geometry import Geometry
 from .layers import ChannelSoftmax
-from .names import ARCHS
 from .surgery import FCN, set_output_stride
 
 FORMAT, VERSION = "fcn-cam", 1
@@ -122,7 +122,7 @@ def _architecture(fcn: FCN) -> dict:
         return arch
     except _NotPlain as e:
         arch = fcn.info.get("arch")
-        if arch in ARCHS and arch.startswith("resnet"):
+        if registry.rebuilt_by_torchvision(arch):
             return {"kind": "torchvision", "arch": arch, "num_classes": fcn.head[-1].out_channels}
         raise ModelFileError(
             f"cannot save: layer {e} is not a standard torch.nn layer (supported: "
@@ -292,6 +292,30 @@ def _check_info(info: object, k: int | None) -> None:
             raise _Bad(f"info.class_names has {len(names)} names for the head's {k} classes")
     if info.get("exactness") is not None and not isinstance(info["exactness"], dict):
         raise _Bad("info.exactness must be a dict or null")
+    _check_provenance(info, k)
+
+
+def _check_provenance(info: dict, k: int | None) -> None:
+    """``num_classes`` and ``weights_file`` (where the weights came from), when present."""
+    n = info.get("num_classes")
+    if n is not None and not (_is_int(n) and 1 <= n <= MAX_INT and (k is None or n == k)):
+        head = f" but the head has {k} classes" if k is not None else ""
+        raise _Bad(f"info.num_classes is {n!r:.80}{head}")
+    wf = info.get("weights_file")
+    if wf is None:
+        return
+    if not (isinstance(wf, dict) and all(isinstance(key, str) for key in wf)):
+        raise _Bad("info.weights_file must be a dict or null")
+    sha = wf.get("sha256")
+    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        raise _Bad(f"info.weights_file.sha256 must be 64 hex digits, found {sha!r:.80}")
+    if not (isinstance(wf.get("path"), str) and len(wf["path"]) <= 4096):
+        raise _Bad("info.weights_file.path must be a string")
+    if not (_is_int(wf.get("bytes")) and wf["bytes"] >= 0):
+        raise _Bad(f"info.weights_file.bytes must be a byte count, found {wf.get('bytes')!r:.80}")
+    for key in ("form", "url"):
+        if wf.get(key) is not None and not (isinstance(wf[key], str) and len(wf[key]) <= 1000):
+            raise _Bad(f"info.weights_file.{key} must be a string")
 
 
 def _meta_model(obj: dict) -> FCN:
@@ -313,13 +337,14 @@ def _meta_model(obj: dict) -> FCN:
             return FCN(features, head, info)
         if arch.get("kind") == "torchvision":
             name, k = arch.get("arch"), arch.get("num_classes")
-            if not (isinstance(name, str) and name in ARCHS and name.startswith("resnet")):
-                raise _Bad(f"architecture.arch must be a torchvision ResNet name, found {name!r:.80}")
+            if not registry.rebuilt_by_torchvision(name):
+                kinds = [n for n in registry.ARCHS if registry.rebuilt_by_torchvision(n)]
+                raise _Bad(f"architecture.arch must be one of {', '.join(kinds)}, found {name!r:.80}")
             if not (_is_int(k) and 1 <= k <= 100_000):
                 raise _Bad(f"architecture.num_classes must be in 1…100000, found {k!r:.80}")
-            import torchvision  # only for this kind of file (torchvision costs ~160 MB to import)
+            from .zoo import network  # only for this kind of file (torchvision costs ~160 MB to import)
 
-            model = torchvision.models.get_model(name, weights=None, num_classes=k)
+            model = network(name, k)
             fcn = convert(model, tuple(info["input_size"]), verify=False)
             if info["output_stride"] != fcn.info["output_stride"]:
                 try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import urllib.error
 
 import pytest
@@ -68,8 +69,9 @@ def test_weights_local_file_and_errors(tmp_path):
     sd = torchvision.models.resnet18(weights=None).state_dict()
     good = tmp_path / "resnet18.pth"
     torch.save(sd, good)
-    model, label = zoo.build("resnet18", str(good))
-    assert label == str(good)
+    model, provenance = zoo.build("resnet18", str(good))
+    assert provenance["weights"] == str(good) and provenance["num_classes"] == 1000
+    assert provenance["weights_file"]["sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
     assert torch.equal(model.fc.weight, sd["fc.weight"])
     with pytest.raises(zoo.WeightsError, match=f"{good}: does not fit resnet34"):
         zoo.build("resnet34", str(good))

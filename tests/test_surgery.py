@@ -13,7 +13,7 @@ from torch import nn
 
 import fcn_cam
 from fcn_cam import ConversionError, convert
-from fcn_cam.zoo import ARCHS
+from fcn_cam.registry import ARCHS
 
 
 def assert_exact(model: nn.Module, fcn: fcn_cam.FCN, size: int = 224, seed: int = 1) -> None:

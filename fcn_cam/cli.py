@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from .registry import NAMES
-from .settings import DEFAULT_OUTPUT, DEFAULT_SCALE, Output, Runtime, Settings
+from .settings import DEFAULT_MODEL, DEFAULT_OUTPUT, DEFAULT_SCALE, Output, Runtime, Settings
 
 if TYPE_CHECKING:
     from .jobs import Event
@@ -89,23 +89,27 @@ def normalization(mean: str | None, std: str | None, scale_01: bool) -> dict:
 
 # -- convert -------------------------------------------------------------------------------
 
-ONNX_ONLY = ("input_size", "mean", "std", "scale_01", "flatten_order", "model_output", "classes",
-             "keep_softmax")
-
-Arch = Annotated[str, typer.Argument(help=f"One of: {', '.join(NAMES)}; or an ONNX file (model.onnx).")]
+Arch = Annotated[str, typer.Argument(
+    help=f"One of: {', '.join(NAMES)}; an ONNX file (model.onnx); or a file holding a whole model "
+    "(TorchScript, or torch.save(model) with --trust-pickle).")]
 OutFile = Annotated[Path, typer.Option("-o", "--output", help="Model file to write.")]
 Weights = Annotated[str, typer.Option(
-    help="torchvision weights name (DEFAULT, IMAGENET1K_V1, …), a local state-dict file in torchvision's "
-    "layout, or 'random'.")]
+    help="torchvision weights name (DEFAULT, IMAGENET1K_V1, …), 'random', or a checkpoint file: a state "
+    "dict in torchvision's layout (any class count; DataParallel, torch.compile, Lightning prefixes; nested "
+    "in a training checkpoint), TorchScript, or a pickled model with --trust-pickle.")]
+TrustPickle = Annotated[bool, typer.Option(
+    "--trust-pickle", help="Allow a file holding a pickled model (torch.save(model)): unpickling runs code "
+    "from the file; use only for files you trust.")]
 Stride = Annotated[int | None, typer.Option(
     help="Score-map stride in input pixels (32 native; 16 or 8 by dilation).")]
 InputSize = Annotated[str | None, typer.Option(
-    help="ONNX: the size the model was trained at (N or HxW), when the graph leaves it free.")]
+    help="The size the model was trained at (N or HxW); default: the architecture's (224), or the ONNX "
+    "graph's.")]
 Mean = Annotated[str | None, typer.Option(
-    help="ONNX: per-channel mean of [0, 1] RGB pixels the model expects (default ImageNet's).")]
-Std = Annotated[str | None, typer.Option(help="ONNX: per-channel std (default ImageNet's).")]
+    help="Per-channel mean of [0, 1] RGB pixels the model expects (default ImageNet's).")]
+Std = Annotated[str | None, typer.Option(help="Per-channel std (default ImageNet's).")]
 Scale01 = Annotated[bool, typer.Option(
-    "--scale-01", help="ONNX: the model takes [0, 1] pixels as they are (Keras models rescaled by 1/255).")]
+    "--scale-01", help="The model takes [0, 1] pixels as they are (Keras models rescaled by 1/255).")]
 FlattenOrder = Annotated[str | None, typer.Option(
     help="ONNX: assert the order the graph flattens its features in (chw, hwc, whc, …); read from the "
     "graph's Transpose.")]
@@ -113,7 +117,8 @@ ModelOutput = Annotated[str | None, typer.Option(
     help="ONNX: the graph output holding the class scores (name or index), if there are several.")]
 KeepSoftmax = Annotated[bool, typer.Option(
     help="Keep a final Softmax as a softmax over the class maps (default: dropped, maps are logits).")]
-Classes = Annotated[Path | None, typer.Option(help="ONNX: a text file with one class name per line.")]
+Classes = Annotated[Path | None, typer.Option(
+    help="Class names: a text file (one per line) or a JSON list; must match the head's class count.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace an existing output file.")]
 ConvertDevice = Annotated[str, typer.Option(help="Convert and check on: auto, cpu, cuda, cuda:N, mps.")]
 
@@ -121,33 +126,30 @@ ConvertDevice = Annotated[str, typer.Option(help="Convert and check on: auto, cp
 @app.command()
 def convert(
     arch: Arch, output: OutFile, weights: Weights = "DEFAULT", output_stride: Stride = None,
-    input_size: InputSize = None, mean: Mean = None, std: Std = None, scale_01: Scale01 = False,
-    flatten_order: FlattenOrder = None, model_output: ModelOutput = None, keep_softmax: KeepSoftmax = False,
-    classes: Classes = None, overwrite: Overwrite = False, device: ConvertDevice = "cpu",
+    trust_pickle: TrustPickle = False, classes: Classes = None, input_size: InputSize = None, mean: Mean = None,
+    std: Std = None, scale_01: Scale01 = False, flatten_order: FlattenOrder = None,
+    model_output: ModelOutput = None, keep_softmax: KeepSoftmax = False, overwrite: Overwrite = False,
+    device: ConvertDevice = "cpu",
 ) -> None:
-    """Convert a torchvision classifier or an ONNX file, check it against the original, save it."""
+    """Convert a torchvision classifier (with any checkpoint), an ONNX file or a saved model,
+    check it against the original, save it."""
     from .jobs import convert_file
 
-    onnx_file = arch.lower().endswith(".onnx")
-    given = {k: v for k, v in locals().items() if k in ONNX_ONLY and v not in (None, False)}
-    if given and not onnx_file:
-        raise fail("--input-size, --mean, --std, --scale-01, --flatten-order, --model-output, "
-                   "--keep-softmax and --classes apply to ONNX files; torchvision models carry their own")
+    onnx = {k: v for k, v in (("flatten_order", flatten_order), ("keep_softmax", keep_softmax)) if v}
     try:
-        onnx = {"input_size": size_option(input_size), "classes": classes, "flatten_order": flatten_order,
-                "model_output": model_output, "keep_softmax": keep_softmax,
-                **normalization(mean, std, scale_01)} if onnx_file else {}
         fcn = convert_file(arch, output, weights=weights, output_stride=output_stride, overwrite=overwrite,
-                            device=device, **onnx)
+                           device=device, trust_pickle=trust_pickle, classes=classes,
+                           input_size=size_option(input_size), model_output=model_output,
+                           **normalization(mean, std, scale_01), **onnx)
     except (*expected_errors(), OSError) as e:
         raise fail(str(e)) from None
     ex = fcn.info["exactness"]
     dropped = f", dropped {', '.join(fcn.info['dropped'])}" if fcn.info.get("dropped") else ""
     typer.echo(
         f"wrote {output}: {fcn.info['arch']} ({fcn.info['weights']} weights), {fcn.info['head']} head, "
-        f"flatten order {fcn.info['flatten_order']}, output stride {fcn.info['output_stride']}{dropped}; "
-        f"logits reproduced to {ex['max_abs_diff']:.2g} ({ex['rel_diff']:.2g} relative), "
-        f"same top-1: {ex['top1_agree']}"
+        f"{fcn.num_classes} classes, flatten order {fcn.info['flatten_order']}, output stride "
+        f"{fcn.info['output_stride']}{dropped}; logits reproduced to {ex['max_abs_diff']:.2g} "
+        f"({ex['rel_diff']:.2g} relative), same top-1: {ex['top1_agree']}"
     )
 
 
@@ -155,7 +157,8 @@ def convert(
 
 Images = Annotated[list[Path], typer.Argument(help="Image files and/or directories.")]
 ModelOpt = Annotated[str, typer.Option(
-    "--model", "-m", help="A model file from `fcn-cam convert`, or an architecture name.")]
+    "--model", "-m", help="A model file from `fcn-cam convert`, or an architecture name (converted once, "
+    "then read from the cache; with --weights as for `convert`).")]
 ScaleOpt = Annotated[list[float] | None, typer.Option(
     help="Shorter side = scale × input size; repeat to fuse several scales "
     f"(default: {' and '.join(f'{v:g}' for v in DEFAULT_SCALE)}, fused).")]
@@ -185,7 +188,8 @@ BoxFraction = Annotated[float | None, typer.Option(
     help="Box = largest region above this fraction of the heatmap's range (default per map kind, chosen on "
     "validation).", min=0, max=1)]
 BatchSize = Annotated[int, typer.Option(help="Images per forward pass.", min=1)]
-ArchWeights = Annotated[str, typer.Option(help="Weights when --model is an architecture name.")]
+ArchWeights = Annotated[str, typer.Option(
+    help="Weights when --model is an architecture name: as `fcn-cam convert --weights`.")]
 ArchStride = Annotated[int | None, typer.Option(help="Score-map stride when --model is an architecture name.")]
 Precision = Annotated[str, typer.Option(
     help="auto (bf16 only where the hardware has bf16 units, else fp32), fp32, bf16, or fp16 (GPU).")]
@@ -256,13 +260,14 @@ def run_job(job) -> None:
 
 @app.command()
 def explain(
-    images: Images, model: ModelOpt, scale: ScaleOpt = None, class_: ClassOpt = None,
+    images: Images, model: ModelOpt = DEFAULT_MODEL, scale: ScaleOpt = None, class_: ClassOpt = None,
     top_k: TopK = Settings.top_k, maps: MapsOpt = Settings.maps, pad: PadOpt = Settings.pad,
     no_pad: NoPad = False, clamp: Clamp = Settings.clamp, rank: Rank = Settings.rank,
     output_dir: OutDir = None, no_save: NoSave = False, colormap: Colormap = Output.colormap,
     alpha: Alpha = Output.alpha,
     box_fraction: BoxFraction = None, batch_size: BatchSize = Runtime.batch_size,
-    weights: ArchWeights = "DEFAULT", output_stride: ArchStride = None,
+    weights: ArchWeights = "DEFAULT", output_stride: ArchStride = None, trust_pickle: TrustPickle = False,
+    classes: Classes = None, input_size: InputSize = None, mean: Mean = None, std: Std = None,
     precision: Precision = Runtime.precision, device: Device = Runtime.device,
     channels_last: ChannelsLast = Runtime.channels_last, max_memory: MaxMemory = "auto",
     max_pixels: MaxPixels = Runtime.max_pixels,
@@ -290,7 +295,9 @@ def explain(
         output = Output.default(**look) if output_dir is None and not no_save else \
             Output(output_dir, overwrite=overwrite, **look)
         ray_opts = {"address": ray, "actors": ray_actors, "num_gpus": ray_gpus} if ray is not None else None
-        job = plan_explain(images, ModelSpec(model, weights, output_stride), settings, runtime, output,
+        spec = ModelSpec(model, weights, output_stride, trust_pickle, str(classes) if classes else None,
+                         size_option(input_size), **normalization(mean, std, False))
+        job = plan_explain(images, spec, settings, runtime, output,
                            max_memory=max_memory, ray=ray_opts)
     except (*expected_errors(), ImportError) as e:
         raise fail(str(e)) from None

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .settings import Output, Runtime, Settings
+from .settings import DEFAULT_MODEL, Output, Runtime, Settings
 
 if TYPE_CHECKING:
     from .explanation import Result
@@ -55,26 +55,39 @@ def expected_errors() -> tuple[type[Exception], ...]:
 
 def convert_file(
     source: str, output: Path, *, weights: str = "DEFAULT", output_stride: int | None = None,
-    overwrite: bool = False, device: str = "cpu", classes: Path | None = None,
-    model_output: str | None = None, **onnx: Any,
+    overwrite: bool = False, device: str = "cpu", trust_pickle: bool = False, classes: Path | None = None,
+    input_size: tuple[int, int] | None = None, mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None, model_output: str | None = None, **onnx: Any,
 ) -> FCN:
-    """``fcn-cam convert``: an architecture name or an ONNX file, converted, checked against
-    the original and saved to ``output`` (never over an existing file without ``overwrite``)."""
+    """``fcn-cam convert``: a registry name (with ``weights`` in any checkpoint form), an ONNX
+    file, or a file holding a model (TorchScript; pickled with ``trust_pickle``), converted,
+    checked against the original and saved to ``output`` (never over a file without
+    ``overwrite``). ``onnx``: ``flatten_order``, ``keep_softmax`` (ONNX files only)."""
     from . import zoo
     from .modelfile import save
+    from .registry import NAMES
 
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output}: already exists (pass --overwrite)")
+    said = {"input_size": input_size, "mean": mean, "std": std}
     if source.lower().endswith(".onnx"):
+        from .importers.checkpoint import read_class_names
         from .importers.onnx import convert_onnx
 
-        names = [line.strip() for line in classes.read_text().splitlines() if line.strip()] if classes else None
         selected = int(model_output) if model_output is not None and model_output.lstrip("-").isdigit() \
             else model_output
-        fcn = convert_onnx(source, onnx.pop("input_size", None), class_names=names, output=selected,
-                           output_stride=output_stride, **onnx)
+        fcn = convert_onnx(source, input_size, class_names=read_class_names(classes) if classes else None,
+                           output=selected, output_stride=output_stride,
+                           **{k: v for k, v in {**said, **onnx}.items() if v is not None and k != "input_size"})
+    elif onnx or model_output is not None:
+        raise ValueError("--flatten-order, --model-output and --keep-softmax apply to ONNX files; "
+                         "a Python model states them in its own layers")
+    elif source in NAMES or not Path(source).exists():
+        fcn = zoo.load_arch(source, weights, output_stride=output_stride, device=device,
+                            trust_pickle=trust_pickle, class_names=classes, **said)
     else:
-        fcn = zoo.load_arch(source, weights, output_stride=output_stride, device=device)
+        fcn = zoo.load_checkpoint(source, trust_pickle=trust_pickle, output_stride=output_stride, device=device,
+                                  class_names=classes, **{k: v for k, v in said.items() if v is not None})
     save(fcn, output, overwrite=overwrite)
     return fcn
 
@@ -148,39 +161,92 @@ def gib(n: float) -> str:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which model a run uses: a model file, or an architecture name (converted on the fly)."""
+    """Which model a run uses: a model file, or a name of :mod:`fcn_cam.registry` (converted
+    once, then read from the cache: :func:`fcn_cam.cache.cached_arch`), with what a user may
+    say about it: its weights (any checkpoint form, :mod:`fcn_cam.importers.checkpoint`),
+    whether a pickled file may be unpickled, class names, input size and normalization."""
 
-    model: str
+    model: str = DEFAULT_MODEL
     weights: str = "DEFAULT"
     output_stride: int | None = None
+    trust_pickle: bool = False
+    classes: str | None = None  # a names file: one per line, or a JSON list
+    input_size: tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def is_file(self) -> bool:
         return Path(self.model).is_file()
 
+    def overrides(self) -> dict[str, Any]:
+        """What the user says about the model, as :func:`fcn_cam.zoo.load_arch` takes it."""
+        return {"class_names": self.classes, "input_size": self.input_size, "mean": self.mean, "std": self.std}
+
     def identity(self) -> dict[str, Any]:
         """What identifies the model across runs (part of the record key)."""
+        said = {k: v for k, v in self.overrides().items() if v is not None}
+        if said.get("class_names"):  # a names file counts by the names it holds
+            from .importers.checkpoint import read_class_names
+
+            said["class_names"] = read_class_names(said["class_names"])
         p = Path(self.model)
         if p.is_file():
             st = p.stat()
-            return {"file": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        return {"arch": self.model, "weights": self.weights, "output_stride": self.output_stride}
+            return {"file": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, **said}
+        return {"arch": self.model, "weights": self.weights, "output_stride": self.output_stride, **said}
 
-    def open(self, device: str = "cpu") -> FCN:
-        from . import zoo
-        from .modelfile import load
+    def open(self, device: str = "cpu", notes: list[str] | None = None) -> FCN:
+        """The converted model on ``device``; what was done to get it goes into ``notes``."""
+        from . import cache, zoo
         from .registry import NAMES
         from .runtime import resolve_device
 
+        dev = resolve_device(device)
         if self.model in NAMES and not Path(self.model).exists():
-            return zoo.load_arch(self.model, self.weights, output_stride=self.output_stride,
-                                 device=resolve_device(device))
-        fcn = load(self.model, map_location=resolve_device(device))
+            kw = {"trust_pickle": self.trust_pickle, **self.overrides()}
+            if self.weights == zoo.RANDOM:  # nothing worth keeping
+                return zoo.load_arch(self.model, self.weights, output_stride=self.output_stride, device=dev,
+                                     **kw)
+            fcn, cached = cache.cached_arch(self.model, self.weights, self.output_stride, dev, **kw)
+            if not cached and notes is not None:
+                notes.append(f"note: converted {self.model} ({fcn.info.get('weights')} weights) once; later "
+                             f"runs start from the cache in {cache.cache_dir()}")
+            return fcn
+        return self._file(dev)
+
+    def _file(self, device) -> FCN:
+        from .modelfile import ModelFileError, load
+        from .zoo import apply_overrides
+
+        try:
+            fcn = load(self.model, map_location=device)
+        except ModelFileError:
+            fcn = self._checkpoint(device)
         if self.output_stride is not None and self.output_stride != fcn.info["output_stride"]:
             raise ValueError(
                 f"{self.model}: was converted with output stride {fcn.info['output_stride']}; "
                 f"re-run `fcn-cam convert` with --output-stride {self.output_stride}"
             )
-        return fcn
+        return apply_overrides(fcn, self.model, **self.overrides())
+
+    def _checkpoint(self, device) -> FCN:
+        """A file holding a model rather than an fcn-cam file (TorchScript; a pickled model with
+        ``trust_pickle``): converted as a Python model; anything else keeps the model file's refusal."""
+        from .importers.checkpoint import open_checkpoint
+        from .modelfile import ModelFileError, read
+        from .zoo import WeightsError, load_checkpoint
+
+        try:
+            form = open_checkpoint(self.model, trust_pickle=self.trust_pickle).form
+        except WeightsError as e:
+            if "--trust-pickle" in str(e):
+                raise
+            form = None
+        if form not in ("torchscript", "pickle"):
+            read(self.model)  # the model file's own one-line refusal
+            raise ModelFileError(f"{self.model}: not an fcn-cam model file")
+        return load_checkpoint(self.model, trust_pickle=self.trust_pickle, output_stride=self.output_stride,
+                               device=device, **{k: v for k, v in self.overrides().items() if v is not None})
 
 
 # -- planning ------------------------------------------------------------------------------
@@ -241,7 +307,7 @@ def _open_prepared(spec: ModelSpec, runtime: Runtime, ray: bool, notes: list[str
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fcn = spec.open("cpu" if ray else runtime.device)
+        fcn = spec.open("cpu" if ray else runtime.device, notes)
         if not ray:  # with Ray each actor prepares its own copy, on its own device
             fcn = prepare(fcn, copy=False, **runtime.prepare_kwargs())
     notes += [f"warning: {w.message}" for w in caught]
@@ -325,7 +391,7 @@ def plan_explain(
             notes.append(f"note: removed {len(out.cleaned)} temporary files left by an interrupted run in "
                          f"{output.dir}")
     paths = find_inputs(images, out, ray is not None, notes)
-    job = ExplainJob(fcn, spec, s, runtime, output, [], [], out, notes, Tally(total=len(paths)), ray)
+    job = ExplainJob(fcn, spec, s, runtime, output, [], [], out, notes, Tally(total=len(paths)), ray=ray)
     side_list = sides(fcn, s.scale)
     for p in paths:  # resume and budget: decided before anything is decoded
         if out and out.done(p):

@@ -34,6 +34,8 @@ DEFAULT_SCALE: tuple[float, ...] = (1.0, 2.0)
 DEFAULT_MAPS = "cells"
 DEFAULT_PAD = "features"
 DEFAULT_CLAMP = False
+#: The model ``fcn-cam explain`` uses when not given ``--model``: torchvision's ImageNet VGG16.
+DEFAULT_MODEL = "vgg16"
 #: Where ``fcn-cam explain`` writes when not given ``-o`` (``$FCN_CAM_OUTPUT`` overrides it).
 DEFAULT_OUTPUT = "fcn-cam-out"
 #: Images whose header declares more pixels are refused before decoding (decompression bombs);

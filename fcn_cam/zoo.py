@@ -266,6 +266,27 @@ def _finish(
     return fcn
 
 
+def apply_overrides(
+    fcn: FCN, where: str | os.PathLike, *, class_names: ClassNames = None, input_size: Size | None = None,
+    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+) -> FCN:
+    """A converted model (a model file) with what the user says about it: class names
+    (checked against the head), the native input size, the normalization."""
+    names, src = _class_names(class_names)
+    if names is not None:
+        if len(names) != fcn.num_classes:
+            k = fcn.num_classes
+            raise ValueError(f"{src}{len(names)} class names for the model's {k} classes ({where})")
+        fcn.info["class_names"] = names
+    if input_size is not None:
+        size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        fcn.info["input_size"] = [int(v) for v in size]
+    for key, value in (("mean", mean), ("std", std)):
+        if value is not None:
+            fcn.info[key] = [float(v) for v in value]
+    return fcn
+
+
 def torchvision_fcn(
     arch: str, weights: str = "DEFAULT", *, output_stride: int | None = None, device: Device = "cpu",
     trust_pickle: bool = False, class_names: ClassNames = None, input_size: Size | None = None,

@@ -18,10 +18,12 @@ NATIVE = 64  # planted model: three 2x2 pools -> 8x8 features at 64 px
 
 @pytest.fixture(scope="session", autouse=True)
 def default_output_folder(tmp_path_factory):
-    """``fcn-cam explain`` without ``-o`` writes to ``$FCN_CAM_OUTPUT``: a temporary folder
-    here, never the working directory."""
+    """``fcn-cam explain`` without ``-o`` writes to ``$FCN_CAM_OUTPUT`` and caches converted
+    architectures in ``$FCN_CAM_CACHE``: temporary folders here, never the working directory
+    or the home folder."""
     mp = pytest.MonkeyPatch()
     mp.setenv("FCN_CAM_OUTPUT", str(tmp_path_factory.mktemp("fcn-cam-out")))
+    mp.setenv("FCN_CAM_CACHE", str(tmp_path_factory.mktemp("fcn-cam-cache")))  # converted archs: not ~/.cache
     yield
     mp.undo()
 

@@ -29,11 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .defaults import DEFAULT_MAPS, DEFAULT_PAD
+from .conversion import convert
 from .geometry import Geometry, align, cover_padding, feature_cover_padding
 from .maps import cell_maps_of, forward
 from .runtime import input_like
-from .surgery import FCN, convert
+from .settings import DEFAULT_MAPS, DEFAULT_PAD
+from .surgery import FCN
 
 #: pytorch-grad-cam's ``scale_cam_image`` epsilon.
 EPS = 1e-7

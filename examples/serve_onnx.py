@@ -50,7 +50,8 @@ def interp(n_out: int, n_map: int, axis: dict, in_per_out: float) -> np.ndarray:
     return m
 
 
-def align(cells: np.ndarray, geometry: dict, input_hw: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
+def align(cells: np.ndarray, geometry: dict, input_hw: tuple[int, int],
+          image_hw: tuple[int, int]) -> np.ndarray:
     ay = interp(image_hw[0], cells.shape[0], geometry["y"], input_hw[0] / image_hw[0]).astype(np.float32)
     ax = interp(image_hw[1], cells.shape[1], geometry["x"], input_hw[1] / image_hw[1]).astype(np.float32)
     return ay @ cells.astype(np.float32) @ ax.T

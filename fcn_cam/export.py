@@ -109,7 +109,7 @@ GATES: dict[type, Callable[[nn.Module], Gate]] = {
                             lambda x: _between(x, m.min_val, m.max_val)),
     nn.LeakyReLU: lambda m: ((lambda x: F.leaky_relu(x, m.negative_slope)),
                              lambda x: _where(x, 1.0, m.negative_slope)),
-    nn.PReLU: lambda m: ((lambda x: F.prelu(x, m.weight)), lambda x: _where(x, 1.0, m.weight)),
+    nn.PReLU: lambda m: ((lambda x: F.prelu(x, m.weight)), lambda x: _where(x, 1.0, m.weight[:, None, None])),
     nn.ELU: lambda m: ((lambda x: F.elu(x, m.alpha)), lambda x: _where(x, 1.0, m.alpha * torch.exp(x))),
     nn.GELU: _gelu,
     nn.SiLU: lambda m: (F.silu, _silu_d),
@@ -203,10 +203,6 @@ def leading_padding(fcn: FCN) -> tuple[int, int]:
 
 # --- the graph --------------------------------------------------------------------------------
 
-def _matrix(conv: nn.Conv2d) -> torch.Tensor:
-    return conv.weight.reshape(conv.out_channels, -1)
-
-
 class CAMGraph(nn.Module):
     """Score maps, class scores and the chosen class's cell map, forward-only.
 
@@ -242,7 +238,8 @@ class CAMGraph(nn.Module):
         if not gemm_compatible(head):
             raise ExportError(
                 "the head is not a k×k Conv2d followed by unstrided, unpadded 1×1 convs and channel-wise "
-                f"layers ({', '.join(type(m).__name__ for m in head)}); fcn_cam.export takes heads as surgery makes them"
+                f"layers ({', '.join(type(m).__name__ for m in head)}); fcn_cam.export takes heads as surgery "
+                "makes them"
             )
         self.fcn = fcn  # shares the modules: nothing is copied
         self.pad, self.rank = pad, resolve_rank(fcn, rank)
@@ -267,15 +264,17 @@ class CAMGraph(nn.Module):
         return F.pad(f, (left, right, top, bottom))
 
     def head_rows(self, f: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], tuple[int, int, int]]:
-        """The head on padded features: the last layer's output rows ``[B·h·w, K]``, each
-        gate's input rows and ``(B, h, w)``."""
+        """The head on padded features: the last layer's output ``[B, K, h, w]``, each gate's
+        input and ``(B, h, w)``."""
         y = F.conv2d(f, self.first.weight, self.first.bias, dilation=self.first.dilation)
         b, o, h, w = y.shape
-        x = y.permute(0, 2, 3, 1).reshape(b * h * w, o)  # window rows
+        # 1×1 layers as convolutions: rows [B·h·w, C] would make torch.export assume B ≠ 1 (the
+        # batch merged into the rows), and Conv / ConvTranspose share one weight in a file
+        x = y
         inputs = []  # each gate's input: where its derivative is taken
         for m, gate in zip(self.layers, self.gates):
             if gate is None:
-                x = F.linear(x, _matrix(m), m.bias)
+                x = F.conv2d(x, m.weight, m.bias)
             else:
                 inputs.append(x)
                 x = gate[0](x)
@@ -285,22 +284,15 @@ class CAMGraph(nn.Module):
         f = self.pad_features(self.fcn.features(image), image.shape[-2], image.shape[-1])
         x, inputs, (b, h, w) = self.head_rows(f)
         o = self.first.out_channels
-        scores = x.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+        scores = x
         ranked = class_scores(scores, self.rank)
         chosen = torch.where(target < 0, ranked.argmax(1), target)
         # e_c pushed back: per image while no gate has been met, per window after
-        v = (torch.arange(self.num_classes, device=chosen.device)[None, :] == chosen[:, None]).to(x.dtype)
-        per_window = False
+        classes = torch.arange(self.num_classes, device=chosen.device)
+        v = (classes[None, :, None, None] == chosen[:, None, None, None]).to(x.dtype)  # [B, K, 1, 1]
         for m, gate in zip(reversed(self.layers), reversed(self.gates)):
-            if gate is None:
-                v = v @ _matrix(m)
-                continue
-            d = gate[1](inputs.pop())
-            if not per_window:
-                v = v[:, None, :].expand(b, h * w, v.shape[-1]).reshape(b * h * w, -1)
-                per_window = True
-            v = v * d
-        g = v.reshape(b, h, w, o).permute(0, 3, 1, 2) if per_window else v[:, :, None, None].expand(b, o, h, w)
+            v = F.conv_transpose2d(v, m.weight) if gate is None else v * gate[1](inputs.pop())
+        g = v.expand(b, o, h, w)
         back = F.conv_transpose2d(g, self.first.weight, dilation=self.first.dilation)
         cells = (back * f).sum(1)
         return scores, ranked, chosen, cells
@@ -319,15 +311,15 @@ class CAMGraph(nn.Module):
         f = self.pad_features(self.fcn.features(image), image.shape[-2], image.shape[-1])
         _, inputs, (b, h, w) = self.head_rows(f)
         layers, gates = self.layers, self.gates
-        v = (torch.arange(self.num_classes, device=f.device)[None, :] == target[:, None]).to(f.dtype)
-        v = v[:, None, :].expand(b, h * w, -1).reshape(b * h * w, -1)
-        total = torch.zeros(b * h * w, self.first.out_channels, device=f.device, dtype=f.dtype)
+        classes = torch.arange(self.num_classes, device=f.device)
+        v = (classes[None, :, None, None] == target[:, None, None, None]).to(f.dtype).expand(-1, -1, h, w)
+        total = torch.zeros(b, self.first.out_channels, h, w, device=f.device, dtype=f.dtype)
         at = len(inputs)
         derivs = [gate[1](z).abs() for gate, z in zip([g for g in gates if g is not None], inputs)]
         units = 0
         for i in reversed(range(len(layers))):
             if gates[i] is None:
-                v = v @ _matrix(layers[i])
+                v = F.conv_transpose2d(v, layers[i].weight)
                 continue
             at -= 1
             z = inputs[at]
@@ -340,13 +332,13 @@ class CAMGraph(nn.Module):
             d = at  # on through the earlier layers, in absolute values
             for m, gate in zip(reversed(layers[:i]), reversed(gates[:i])):
                 if gate is None:
-                    u = u @ _matrix(m).abs()
+                    u = F.conv_transpose2d(u, m.weight.abs())
                 else:
                     d -= 1
                     u = u * derivs[d]
             total += u
             v = v * gates[i][1](z)
-        g = total.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+        g = total
         back = F.conv_transpose2d(g, self.first.weight.abs(), dilation=self.first.dilation)
         return {"allowance": (back * f.abs()).sum(1), "units": units}
 
@@ -419,7 +411,7 @@ def compare(got: Sequence, want: Sequence, allowance: np.ndarray | torch.Tensor 
     ``allowance`` (:meth:`CAMGraph.kink_allowance`: gates at a kink, which either side
     fixes correctly), ``cells_raw`` the plain figure and ``cells_allowed`` the number of
     cells with an allowance."""
-    out = {n: _rel(g, w) for n, g, w in zip(OUTPUTS, got, want) if w is not None and n not in ("target_class", "cells")}
+    out = {n: _rel(g, w) for n, g, w in zip(OUTPUTS[:2], got, want) if w is not None}
     a, b = np.asarray(got[3], np.float64), np.asarray(want[3], np.float64)
     allow = np.zeros(b.shape) if allowance is None else np.asarray(allowance, np.float64)
     if a.shape != b.shape or allow.shape != b.shape:

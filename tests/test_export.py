@@ -18,7 +18,15 @@ from torch import nn
 
 import fcn_cam
 import fcn_cam.zoo
-from fcn_cam.export import CAMGraph, ExportError, compare, export, feature_padding, leading_padding, read_metadata
+from fcn_cam.export import (
+    CAMGraph,
+    ExportError,
+    compare,
+    export,
+    feature_padding,
+    leading_padding,
+    read_metadata,
+)
 from fcn_cam.geometry import feature_cover_padding, map_size
 from fcn_cam.images import to_input
 from fcn_cam.maps import cell_maps_of, forward
@@ -190,7 +198,7 @@ def _exported(root: Path, name: str) -> tuple[Path, dict]:
     return _files[name]
 
 
-ONNX_MODELS = ["vgg-like", "prelu", "smooth", "gate-last", "gap", "os8", "demo-fc", "demo-gap"]
+ONNX_MODELS = ["vgg-like", "prelu", "leaky", "smooth", "gate-last", "gap", "os8", "demo-fc", "demo-gap"]
 
 
 @pytest.mark.parametrize("name", ONNX_MODELS)
@@ -309,8 +317,8 @@ def test_serve_onnx_example_runs_without_torch(onnx_files, tmp_path):
         "import runpy, sys; sys.argv = ['serve_onnx.py', *sys.argv[1:]]; "
         f"runpy.run_path({str(ROOT / 'examples' / 'serve_onnx.py')!r}, run_name='__main__')"
     )
-    check = "; assert 'torch' not in sys.modules, 'torch was imported'"
-    code = f"import sys\ntry:\n    {script}\nexcept SystemExit as e:\n    assert not e.code, e\n{check[2:]}\nprint('no torch')"
+    code = (f"import sys\ntry:\n    {script}\nexcept SystemExit as e:\n    assert not e.code, e\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\nprint('no torch')")
     out = subprocess.run(
         [sys.executable, "-c", code, str(path), str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"),
          "--heatmap", str(tmp_path / "heat.npy")],

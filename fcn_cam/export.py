@@ -41,7 +41,7 @@ from torch import nn
 from .explanation import class_scores, resolve_rank
 from .geometry import Geometry
 from .head import gemm_compatible
-from .surgery import FCN
+from .surgery import FCN, eval_mode
 
 FORMATS = ("onnx", "torch-export")
 SUFFIXES = {"onnx": ".onnx", "torch-export": ".pt2"}
@@ -215,9 +215,12 @@ class CAMGraph(nn.Module):
 
         g_c = W₂ᵀ diag σ'(z₁) … W_Lᵀ e_c,     A_c = Σ_channels F ⊙ ConvTranspose(g_c, W₁)
 
-    The head's 1×1 layers run on window rows ``[B·h·w, C]`` (``Gemm``/``MatMul`` on the same
-    weight forward and back: an exported file holds each weight once), the k×k layer as a
-    ``Conv`` and its transpose as a ``ConvTranspose`` on the same weight.
+    Every head layer runs as a ``Conv`` and its transpose as a ``ConvTranspose`` on the same
+    weight (an exported file holds each weight once); the class row stays ``[B, C, 1, 1]``
+    until the first gate from the end makes it per window. Gates the head ends in are
+    supported (their derivative at the class channel); a head layer without a derivative
+    here (a softmax over the classes kept by ``keep_softmax``, a custom module) is refused.
+    Call ``.eval()`` first: the body's BatchNorm would otherwise use batch statistics.
 
     Args:
         fcn: a converted model whose head is a k×k conv, then 1×1 convs and channel-wise
@@ -513,9 +516,7 @@ def export(
     if not check_sizes:
         raise ExportError("check_sizes is empty: an export is only written once checked")
     device = next(fcn.parameters()).device
-    was_training = fcn.training
-    fcn.eval()
-    try:
+    with eval_mode(fcn):  # each submodule's flag restored after
         graph = CAMGraph(fcn, pad=pad, rank=rank).eval()
         ep = _trace(graph, _example(fcn, device))
         meta = metadata(fcn, graph)
@@ -547,12 +548,12 @@ def export(
                         f"{size[0]}×{size[1]} ({what}; tolerance {tolerance:g} relative)"
                     )
             del run
-            os.chmod(tmp, 0o644)
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)  # mkstemp made it 0600
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-    finally:
-        fcn.train(was_training)
     return {"path": str(path), "format": format, "bytes": path.stat().st_size, "opset": meta.get("opset"),
             "metadata": meta, "check": checks, "tolerance": tolerance}
 

@@ -120,7 +120,7 @@ GATES: dict[type, Callable[[nn.Module], Gate]] = {
                             lambda x: torch.where(x * m.beta > m.threshold, torch.ones_like(x),
                                                   torch.sigmoid(m.beta * x))),
     nn.Hardswish: lambda m: (F.hardswish, lambda x: torch.where(
-        x < -3, torch.zeros_like(x), torch.where(x <= 3, x / 3 + 0.5, torch.ones_like(x)))),
+        x <= -3, torch.zeros_like(x), torch.where(x < 3, x / 3 + 0.5, torch.ones_like(x)))),
     nn.Hardsigmoid: lambda m: (F.hardsigmoid, lambda x: _between(x, -3.0, 3.0) / 6),
     nn.Identity: lambda m: ((lambda x: x), torch.ones_like),
     nn.Dropout: lambda m: ((lambda x: x), torch.ones_like),  # eval mode

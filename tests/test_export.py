@@ -356,3 +356,33 @@ def test_torchvision_models_random_weights(arch, tmp_path):
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"image": x.numpy(), "target": np.array([7])})
     assert_matches_explain(fcn, got, x, image, size, 7, graph)
+
+
+GATE_LAYERS = [nn.ReLU(), nn.ReLU6(), nn.Hardtanh(-0.5, 1.5), nn.LeakyReLU(0.1), nn.PReLU(3), nn.ELU(0.7),
+               nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU(), nn.Mish(), nn.Sigmoid(), nn.Tanh(),
+               nn.Softplus(beta=2.0, threshold=3.0), nn.Hardswish(), nn.Hardsigmoid(), nn.Identity(),
+               nn.Dropout()]
+
+
+@pytest.mark.parametrize("layer", GATE_LAYERS, ids=lambda m: repr(m))
+def test_gate_table_matches_the_layer_and_autograd(layer):
+    """Each gate's forward is the layer's and its derivative autograd's, at the kinks too
+    (torch's convention there: ReLU's derivative at 0 is 0, LeakyReLU's the slope, …)."""
+    from fcn_cam.export import GATES, kinks
+
+    assert set(map(type, GATE_LAYERS)) == set(GATES)
+    layer.eval()
+    if isinstance(layer, nn.PReLU):
+        with torch.no_grad():
+            layer.weight.copy_(torch.tensor([0.2, -0.3, 0.5]))
+    fwd, deriv = GATES[type(layer)](layer)
+    x = torch.randn(2, 3, 5, 7, generator=torch.Generator().manual_seed(0)) * 4
+    for i, (k, _) in enumerate(kinks(layer)):
+        x = torch.where((x - k).abs() < 1e-3, x + 0.01, x)
+        x[0, :, 0, i] = k  # exactly on it
+    x.requires_grad_(True)
+    y = layer(x)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    with torch.no_grad():
+        torch.testing.assert_close(fwd(x), y)
+        torch.testing.assert_close(deriv(x), grad, rtol=1e-5, atol=1e-6)

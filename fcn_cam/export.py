@@ -38,10 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .explanation import class_scores, resolve_rank
+from .explanation import class_scores
 from .geometry import Geometry
 from .head import gemm_compatible
-from .surgery import FCN, eval_mode
+from .layers import eval_mode
+from .settings import resolve_rank
+from .surgery import FCN
 
 FORMATS = ("onnx", "torch-export")
 SUFFIXES = {"onnx": ".onnx", "torch-export": ".pt2"}
@@ -226,7 +228,7 @@ class CAMGraph(nn.Module):
         fcn: a converted model whose head is a k×k conv, then 1×1 convs and channel-wise
             gates (:data:`GATES`), as surgery makes it. Its modules are shared, not copied.
         pad: ``features`` (zero-pad the feature map as ``explain`` does by default) or ``none``.
-        rank: ``auto``, ``mean`` or ``max`` (:func:`fcn_cam.explanation.resolve_rank`).
+        rank: ``auto``, ``mean`` or ``max`` (:func:`fcn_cam.settings.resolve_rank`).
 
     Raises:
         ExportError: a head this graph cannot express (the message names the layer).

@@ -89,6 +89,15 @@ def resolve_pad(pad: str | bool) -> str:
     return pad
 
 
+def resolve_rank(model: Model, rank: str) -> str:
+    """The statistic ``rank`` stands for on ``model``: ``mean`` or ``max`` (``auto``: mean for a
+    GAP head, whose maps' mean is the logits; max, the strongest window, for an FC head)."""
+    _one_of("rank", rank, RANKS)
+    if rank == "auto":
+        return "mean" if model.info.get("head") == "gap" else "max"
+    return rank
+
+
 def resolve_class(model: Model, target: int | str) -> int:
     """A class index from an index or a (case-insensitive) class name."""
     names, k = model.class_names or [], model.num_classes
@@ -160,11 +169,8 @@ class Settings:
     def for_model(self, model: Model) -> Settings:
         """These settings on ``model``: the target as a class index, ``rank`` as ``mean`` or
         ``max``, ``top_k`` at most the class count, the box fraction filled in."""
-        rank = self.rank
-        if rank == "auto":
-            rank = "mean" if model.info.get("head") == "gap" else "max"
         return dataclasses.replace(
-            self, rank=rank, top_k=min(self.top_k, model.num_classes),
+            self, rank=resolve_rank(model, self.rank), top_k=min(self.top_k, model.num_classes),
             target=resolve_class(model, self.target) if self.target is not None else None,
             box_fraction=BOX_FRACTION[self.maps] if self.box_fraction is None else float(self.box_fraction),
         )

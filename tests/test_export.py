@@ -86,8 +86,8 @@ MODELS = {
     "gate-last": lambda: _convert(ending_in_a_gate()),
     "gap": lambda: _convert(small_gap()),
     "os8": lambda: _convert(small_vgg(), output_stride=8),
-    "demo-fc": lambda: fcn_cam.zoo.load_demo("demo-fc"),
-    "demo-gap": lambda: fcn_cam.zoo.load_demo("demo-gap"),
+    "demo-fc": lambda: fcn_cam.zoo.load_arch("demo-fc"),
+    "demo-gap": lambda: fcn_cam.zoo.load_arch("demo-gap"),
 }
 _cache: dict[str, fcn_cam.FCN] = {}
 

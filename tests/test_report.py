@@ -121,7 +121,7 @@ def test_torn_foreign_and_odd_lines_never_break_it(tmp_path):
     assert gone["thumb"] is None and gone["missing"] == [recs[1]["files"][0]["overlay"]]
     assert gone["targets"][0]["url"] is None
     text = (out / INDEX).read_text()
-    assert "<img src=x" not in text and "foreign" not in text
+    assert "<img src=x" not in text and "onerror" not in text and "</script><b>" not in text
     assert text.count("</script>") == 3  # meta, records, the code
 
 

@@ -306,6 +306,45 @@ def explain(
     run_job(job)
 
 
+# -- export --------------------------------------------------------------------------------
+
+ExportModel = Annotated[str, typer.Argument(
+    help="A model file from `fcn-cam convert`, or an architecture name (as for `explain --model`).")]
+ExportFile = Annotated[Path, typer.Option("-o", "--output", help="File to write: .onnx, or .pt2 with "
+                                          "--format torch-export.")]
+ExportFormat = Annotated[str, typer.Option("--format", help="onnx or torch-export.")]
+Opset = Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's).")]
+CheckSize = Annotated[list[str] | None, typer.Option(
+    "--check-size", help="N or HxW network input the written file is checked at against PyTorch "
+    "(repeatable; default 448x448 and 480x672).")]
+ExportPad = Annotated[str, typer.Option(help="features (explain's default, inside the graph) or none.")]
+ExportRank = Annotated[str, typer.Option(help="How target -1 picks the class: auto, mean, max.")]
+
+
+@app.command("export")
+def export_cmd(
+    model: ExportModel, output: ExportFile, format: ExportFormat = "onnx", opset: Opset = None,
+    check_size: CheckSize = None, pad: ExportPad = Settings.pad, rank: ExportRank = Settings.rank,
+    weights: ArchWeights = "DEFAULT", output_stride: ArchStride = None, overwrite: Overwrite = False,
+) -> None:
+    """Export the forward-only CAM graph — score maps, class scores and the cell map of the
+    class asked for (or the top one), no autograd — to ONNX or torch.export, with dynamic
+    batch and size; the file is kept only if it matches PyTorch when run."""
+    from .jobs import ModelSpec, export_file
+
+    try:
+        sizes = [size_option(s) for s in check_size] if check_size else None
+        r = export_file(ModelSpec(model, weights, output_stride), output, check_sizes=sizes, format=format,
+                        opset=opset, overwrite=overwrite, pad=pad, rank=rank)
+    except (*expected_errors(), OSError) as e:
+        raise fail(str(e)) from None
+    worst = max(max(c["scores"], c["class_scores"], c["cells"]) for c in r["check"])
+    at = ", ".join(f"{c['size'][0]}×{c['size'][1]}" for c in r["check"])
+    opset_txt = f", opset {r['opset']}" if r["opset"] else ""
+    typer.echo(f"wrote {output}: {r['bytes'] / 1e6:.1f} MB {format}{opset_txt}; it matches the PyTorch module "
+               f"at {at} to {worst:.2g} relative")
+
+
 # -- report, info, demo ------------------------------------------------------------------------------
 
 

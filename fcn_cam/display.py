@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from . import render
+from .settings import DEFAULT_ALPHA, DEFAULT_COLORMAP
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -78,8 +79,8 @@ def label(t: Target) -> str:
     return f"{name} {t.score:.2f}"
 
 
-def overlay(exp: Explanation, target: int | str = 0, *, image: Any = None, colormap: str = "jet",
-            alpha: float = 0.5, box: bool = False) -> Image.Image:
+def overlay(exp: Explanation, target: int | str = 0, *, image: Any = None, colormap: str = DEFAULT_COLORMAP,
+            alpha: float = DEFAULT_ALPHA, box: bool = False) -> Image.Image:
     """The target's heatmap over the image, ``(1 - alpha)·image + alpha·colormap(heatmap)``.
 
     Without ``box`` this is exactly the overlay ``fcn-cam explain -o`` writes with the same
@@ -105,8 +106,8 @@ def _scaled(img: Image.Image, side: int, least: int) -> tuple[Image.Image, float
     return img.resize(size, Image.Resampling.LANCZOS if f < 1 else Image.Resampling.NEAREST), f
 
 
-def preview(exp: Explanation, *, image: Any = None, colormap: str = "jet", alpha: float = 0.5,
-            side: int = PREVIEW_SIDE, least: int = PREVIEW_LEAST) -> Image.Image:
+def preview(exp: Explanation, *, image: Any = None, colormap: str = DEFAULT_COLORMAP,
+            alpha: float = DEFAULT_ALPHA, side: int = PREVIEW_SIDE, least: int = PREVIEW_LEAST) -> Image.Image:
     """The primary target's overlay with its box and peak, at most ``side`` pixels long
     (images under ``least`` pixels grow by a whole factor), captioned with the class and
     score: what a notebook shows for an explanation."""
@@ -133,8 +134,8 @@ def repr_png(exp: Explanation, **kwargs: Any) -> bytes:
     return buf.getvalue()
 
 
-def plot(exp: Explanation, *, image: Any = None, top_k: int | None = None, colormap: str = "jet",
-         alpha: float = 0.5, boxes: bool = True, peaks: bool = True, panel_size: float = 3.2,
+def plot(exp: Explanation, *, image: Any = None, top_k: int | None = None, colormap: str = DEFAULT_COLORMAP,
+         alpha: float = DEFAULT_ALPHA, boxes: bool = True, peaks: bool = True, panel_size: float = 3.2,
          dpi: int = 100) -> Figure:
     """A figure: the image, then each explained class's overlay with its box, peak and score.
 

@@ -32,7 +32,7 @@ from .modelfile import load
 from .outputs import OutputDir
 from .records import commit
 from .runtime import prepare
-from .settings import MAX_PIXELS
+from .settings import MAX_PIXELS, Runtime
 from .surgery import FCN
 
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
@@ -268,7 +268,7 @@ def _stream(ray, model, paths, root, actors, num_cpus, num_gpus, decode, runtime
     if actors is None:
         gpus = ray.cluster_resources().get("GPU", 0)
         actors = max(1, int(gpus / num_gpus if num_gpus else (cpus - decode_cpus) / num_cpus))
-    batch_size = int(options.get("batch_size", 8))
+    batch_size = int(options.get("batch_size", Runtime.batch_size))
     rows = [{"path": str(p), "read": str(p.resolve())} for p in paths]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))
     # As many decoding tasks at a time as actors: with no CPUs reserved Ray would start one per

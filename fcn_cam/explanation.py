@@ -31,7 +31,7 @@ from .geometry import Geometry, align, cell_centre, cover_padding, feature_cover
 from .images import ImageError, ImageLike, as_image, load_image, to_input
 from .maps import Padding, cell_maps_of, forward
 from .metrics import threshold_box
-from .settings import Runtime, Settings, resolve_pad
+from .settings import DEFAULT_ALPHA, DEFAULT_COLORMAP, Runtime, Settings, resolve_pad
 from .surgery import FCN
 
 
@@ -65,8 +65,9 @@ class Explanation:
     #: the decoded RGB image (for display; never part of a record, repr or comparison)
     pixels: Image.Image | None = field(default=None, repr=False, compare=False)
 
-    def overlay(self, target: int | str = 0, *, image: ImageLike | None = None, colormap: str = "jet",
-                alpha: float = 0.5, box: bool = False) -> Image.Image:
+    def overlay(self, target: int | str = 0, *, image: ImageLike | None = None,
+                colormap: str = DEFAULT_COLORMAP, alpha: float = DEFAULT_ALPHA,
+                box: bool = False) -> Image.Image:
         """The target's heatmap over the image, as ``fcn-cam explain`` writes it for the same
         colormap and alpha (:func:`fcn_cam.display.overlay`); ``box`` draws its box and peak."""
         from .display import overlay

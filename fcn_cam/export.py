@@ -51,6 +51,8 @@ PADS = ("features", "none")
 #: Output names; ONNX needs names distinct from the inputs', so the class explained (the
 #: module's third output, ``target``) is ``target_class`` in a file.
 OUTPUTS = ("scores", "class_scores", "target_class", "cells")
+#: Network inputs an exported file is run at before it is kept: two sizes that are not the native one.
+CHECK_SIZES: tuple[tuple[int, int], ...] = ((448, 448), (480, 672))
 INPUTS = ("image", "target")
 #: Metadata key (ONNX ``metadata_props``; ``fcn_cam.json`` in a ``.pt2`` archive).
 METADATA_KEY = "fcn_cam"
@@ -442,7 +444,7 @@ def _onnx_runner(path: Path) -> Callable:
         import onnxruntime
     except ImportError as e:
         raise ExportError(f"checking an ONNX export needs onnxruntime ({e.name} is missing): "
-                          "pip install 'fcn-cam[onnx]'") from None
+                          "pip install 'fcn-cam[export]'") from None
     opts = onnxruntime.SessionOptions()
     session = onnxruntime.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     return lambda x, t: session.run(list(OUTPUTS), {"image": x.cpu().numpy(), "target": t.cpu().numpy()})
@@ -483,7 +485,7 @@ def export(
     *,
     format: str = "onnx",
     opset: int | None = None,
-    check_sizes: Sequence[tuple[int, int]] = ((448, 448), (480, 672)),
+    check_sizes: Sequence[tuple[int, int]] = CHECK_SIZES,
     overwrite: bool = False,
     pad: str = "features",
     rank: str = "auto",

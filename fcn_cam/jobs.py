@@ -92,6 +92,17 @@ def convert_file(
     return fcn
 
 
+def export_file(spec: ModelSpec, output: Path, *, check_sizes: Sequence[tuple[int, int]] | None = None,
+                **options: Any) -> dict[str, Any]:
+    """``fcn-cam export``: the model's forward-only CAM graph (:func:`fcn_cam.export.export`:
+    ONNX or ``torch.export``), written only once the file agrees with PyTorch at the check
+    sizes."""
+    from .export import CHECK_SIZES, export
+
+    fcn = spec.open("cpu")
+    return export(fcn, output, check_sizes=tuple(check_sizes or CHECK_SIZES), **options)
+
+
 def describe_file(path: Path) -> dict[str, Any]:
     """``fcn-cam info``: a model file's metadata, read without running any code from it,
     with where its weights came from (the file, its form and sha256) next to their label."""

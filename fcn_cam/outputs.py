@@ -56,6 +56,7 @@ from . import files as _files
 from .explanation import Explanation
 from .files import dumps_strict, os_bytes, shown, stale_temporaries, write_all, write_atomic
 from .render import overlay
+from .settings import DEFAULT_ALPHA, DEFAULT_COLORMAP
 
 KEY_CHARS = 12  # hex digits of the key in file names (48 bits)
 _OUTPUT_NAME = re.compile(rf".+\.[0-9a-f]{{{KEY_CHARS}}}(\.\d+)?_cam(\.s[0-9.e+-]+)?\.(png|npy)$")
@@ -228,8 +229,8 @@ class OutputDir:
     JSONL = "explanations.jsonl"
 
     def __init__(self, root: str | os.PathLike, *, overwrite: bool = False,
-                 request: Mapping[str, Any] | None = None, colormap: str = "jet", alpha: float = 0.5,
-                 protect: frozenset[Path] | set[Path] = frozenset()) -> None:
+                 request: Mapping[str, Any] | None = None, colormap: str = DEFAULT_COLORMAP,
+                 alpha: float = DEFAULT_ALPHA, protect: frozenset[Path] | set[Path] = frozenset()) -> None:
         self.root = Path(root)
         self.overwrite, self.colormap, self.alpha = overwrite, colormap, alpha
         self.request = {"colormap": colormap, "alpha": alpha, **(request or {})}

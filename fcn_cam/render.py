@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from .metrics import normalize
+from .settings import DEFAULT_ALPHA, DEFAULT_COLORMAP
 
 
 def check_colormap(name: str) -> None:
@@ -18,7 +19,7 @@ def check_colormap(name: str) -> None:
         raise ValueError(f"unknown colormap {name!r}; e.g. jet, viridis, inferno, turbo")
 
 
-def colorize(heatmap: np.ndarray, colormap: str = "jet") -> np.ndarray:
+def colorize(heatmap: np.ndarray, colormap: str = DEFAULT_COLORMAP) -> np.ndarray:
     """``[H, W]`` map → ``[H, W, 3]`` uint8, min-max normalized with an epsilon first.
 
     A 256-entry lookup table keeps memory at one byte per channel (large images).
@@ -30,8 +31,8 @@ def colorize(heatmap: np.ndarray, colormap: str = "jet") -> np.ndarray:
     return lut[np.rint(idx, out=idx).astype(np.uint8)]
 
 
-def overlay(image: Image.Image, heatmap: np.ndarray, colormap: str = "jet",
-            alpha: float = 0.5) -> Image.Image:
+def overlay(image: Image.Image, heatmap: np.ndarray, colormap: str = DEFAULT_COLORMAP,
+            alpha: float = DEFAULT_ALPHA) -> Image.Image:
     """Blend ``(1 - alpha)·image + alpha·colormap(heatmap)``; heatmap in image pixels."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .settings import Runtime
 from .surgery import FCN
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -145,8 +146,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def prepare(
     fcn: FCN,
-    precision: str = "auto",
-    device: str | torch.device = "auto",
+    precision: str = Runtime.precision,
+    device: str | torch.device = Runtime.device,
     channels_last: bool = True,
     head: str = "gemm",
     copy: bool = True,

@@ -38,6 +38,9 @@ DEFAULT_CLAMP = False
 DEFAULT_MODEL = "vgg16"
 #: Where ``fcn-cam explain`` writes when not given ``-o`` (``$FCN_CAM_OUTPUT`` overrides it).
 DEFAULT_OUTPUT = "fcn-cam-out"
+#: How overlays look: a matplotlib colormap over the image, at this opacity.
+DEFAULT_COLORMAP = "jet"
+DEFAULT_ALPHA = 0.5
 #: Images whose header declares more pixels are refused before decoding (decompression bombs);
 #: PIL's own limit, which ``--max-pixels`` / ``max_pixels=`` replaces.
 MAX_PIXELS = 89_478_485
@@ -214,8 +217,8 @@ class Output:
 
     dir: Path | None = None
     overwrite: bool = False
-    colormap: str = "jet"
-    alpha: float = 0.5
+    colormap: str = DEFAULT_COLORMAP
+    alpha: float = DEFAULT_ALPHA
     report: bool = False
     protect: frozenset[Path] = field(default_factory=frozenset)
     #: the folder was not asked for (``explain`` without ``-o``): the images given are redone

@@ -107,3 +107,16 @@ def test_plot_is_a_headless_figure(cat):
     assert len(display.plot(cat).axes) == 4 and not display.plot(cat, boxes=False, peaks=False).axes[1].patches
     with pytest.raises(ValueError, match="top_k"):
         display.plot(cat, top_k=0)
+
+
+def test_explanation_methods(fcn, photos):
+    """The notebook's entry points on the Explanation itself delegate to fcn_cam.display."""
+    exp = fcn_cam.explain(fcn, Image.open(photos["cat"]), top_k=2)  # in memory: explain keeps the pixels
+    assert exp.image is None and exp.pixels is not None and "pixels" not in exp.record()
+    assert np.array_equal(np.asarray(exp.overlay(1)), np.asarray(display.overlay(exp, 1)))
+    assert exp._repr_png_() == display.repr_png(exp)
+    assert len(exp.show(top_k=1).axes) == 2 and len(fcn_cam.plot(exp).axes) == 3
+    from_file = fcn_cam.explain(fcn, photos["cat"])  # a path: the decoded pixels are kept too
+    assert from_file.pixels.size == (from_file.width, from_file.height)
+    exp.pixels = None
+    assert exp._repr_png_() is None  # no pixels: the notebook falls back to the text repr

@@ -386,3 +386,23 @@ def test_gate_table_matches_the_layer_and_autograd(layer):
     with torch.no_grad():
         torch.testing.assert_close(fwd(x), y)
         torch.testing.assert_close(deriv(x), grad, rtol=1e-5, atol=1e-6)
+
+
+def test_export_command(tmp_path):
+    """`fcn-cam export MODEL -o model.onnx`: written once checked, its metadata readable,
+    an existing file kept."""
+    from typer.testing import CliRunner
+
+    from fcn_cam.cli import app
+
+    model_file = fcn_cam.save(fcn_cam.convert(small_vgg(), NATIVE, class_names=[f"c{i}" for i in range(5)]),
+                              tmp_path / "m.pt")
+    out = tmp_path / "m.onnx"
+    r = CliRunner().invoke(app, ["export", str(model_file), "-o", str(out), "--check-size", "96",
+                                 "--check-size", "80x112"])
+    assert r.exit_code == 0, r.output
+    assert "matches the PyTorch module at 96×96, 80×112" in r.output
+    assert read_metadata(out)["class_names"] == [f"c{i}" for i in range(5)]
+    before = out.read_bytes()
+    r = CliRunner().invoke(app, ["export", str(model_file), "-o", str(out)])
+    assert r.exit_code == 2 and "already exists" in r.output and out.read_bytes() == before

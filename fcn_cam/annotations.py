@@ -71,13 +71,17 @@ def _resolve(where: str, box: Box, class_names: Sequence[str] | None) -> Box:
     lower = [n.lower() for n in class_names]
     if box.class_index is not None:
         if not 0 <= box.class_index < len(class_names):
-            raise AnnotationError(f"{where}: class index {box.class_index} out of range [0, {len(class_names)})")
+            raise AnnotationError(
+                f"{where}: class index {box.class_index} out of range [0, {len(class_names)})"
+            )
         return Box(*box.xyxy, box.class_index, class_names[box.class_index])
     if box.class_name is not None:
         name = box.class_name.strip().lower()
         if name not in lower:
-            raise AnnotationError(f"{where}: unknown class name {box.class_name!r} (the model has "
-                                  f"{len(class_names)} classes, e.g. {class_names[0]!r})")
+            raise AnnotationError(
+                f"{where}: unknown class name {box.class_name!r} (the model has "
+                f"{len(class_names)} classes, e.g. {class_names[0]!r})"
+            )
         i = lower.index(name)
         return Box(*box.xyxy, i, class_names[i])
     return box
@@ -152,8 +156,11 @@ def read_coco(path: str | os.PathLike) -> Annotations:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise AnnotationError(f"{path}: not a readable JSON file ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(
-            data.get("annotations"), list):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("annotations"), list)
+    ):
         raise AnnotationError(f"{path}: not a COCO file (needs 'images' and 'annotations' lists)")
     cats = {}
     for i, c in enumerate(data.get("categories") or []):
@@ -247,8 +254,9 @@ def read_annotations(path: str | os.PathLike, class_names: Sequence[str] | None 
         raw = read_csv(p)
     else:
         raise AnnotationError(f"{p}: unknown annotation format (a VOC folder, .xml, COCO .json or .csv)")
-    return {k: [_resolve(f"{p}: {k}, box {j + 1}", b, class_names) for j, b in enumerate(v)]
-            for k, v in raw.items()}
+    return {
+        k: [_resolve(f"{p}: {k}, box {j + 1}", b, class_names) for j, b in enumerate(v)] for k, v in raw.items()
+    }
 
 
 def match_images(
@@ -277,8 +285,10 @@ def match_images(
         elif len(by_name.get(p.name, [])) == 1:
             key = by_name[p.name][0]
         elif p.name in by_name:
-            raise AnnotationError(f"{p}: its file name matches {len(by_name[p.name])} annotation entries "
-                                  f"({', '.join(by_name[p.name][:3])}); give the images' root folder")
+            raise AnnotationError(
+                f"{p}: its file name matches {len(by_name[p.name])} annotation entries "
+                f"({', '.join(by_name[p.name][:3])}); give the images' root folder"
+            )
         else:
             raise AnnotationError(f"{p}: no annotation entry for this image (looked for {rel!r})")
         out.append((p, annotations[key]))

@@ -41,9 +41,12 @@ def _display(image: Image.Image, heat: np.ndarray, side: int = PANEL_SIDE) -> tu
     if f < 1.0:
         size = (max(1, round(image.width * f)), max(1, round(image.height * f)))
         image = image.resize(size, Image.BILINEAR)
-        heat = torch.nn.functional.interpolate(torch.as_tensor(heat, dtype=torch.float32)[None, None],
-                                               size=(size[1], size[0]), mode="bilinear",
-                                               align_corners=False)[0, 0].numpy()
+        heat = torch.nn.functional.interpolate(
+            torch.as_tensor(heat, dtype=torch.float32)[None, None],
+            size=(size[1], size[0]),
+            mode="bilinear",
+            align_corners=False,
+        )[0, 0].numpy()
     return overlay(image, heat, alpha=0.5), f
 
 
@@ -63,8 +66,9 @@ def _panel(ax, image: Image.Image, heat: np.ndarray | None, box, peak, title: st
     ax.imshow(shown)
     if box is not None:
         x0, y0, x1, y1 = (v * f for v in box)
-        ax.add_patch(patches.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="white",
-                                       lw=1.6, ls="--"))
+        ax.add_patch(
+            patches.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="white", lw=1.6, ls="--")
+        )
     if peak is not None:
         ax.plot(peak[0] * f, peak[1] * f, marker="+", color="white", ms=14, mew=2.2)
         ax.plot(peak[0] * f, peak[1] * f, marker="+", color="black", ms=10, mew=1.0)
@@ -130,33 +134,70 @@ def compare(
         for x in exp.targets:
             t = time.perf_counter()
             o = explain(fcn, image, maps=other, target=x.index, **opts).targets[0]
-            rows.append([{"method": f"fcn-cam ({maps})", "heat": x.heatmap, "box": x.box, "peak": x.peak,
-                          "class": x.name or str(x.index), "score": x.score, "seconds": t_main / len(classes)},
-                         {"method": f"fcn-cam ({other})", "heat": o.heatmap, "box": o.box, "peak": o.peak,
-                          "class": o.name or str(o.index), "score": o.score,
-                          "seconds": time.perf_counter() - t}])
+            rows.append(
+                [
+                    {
+                        "method": f"fcn-cam ({maps})",
+                        "heat": x.heatmap,
+                        "box": x.box,
+                        "peak": x.peak,
+                        "class": x.name or str(x.index),
+                        "score": x.score,
+                        "seconds": t_main / len(classes),
+                    },
+                    {
+                        "method": f"fcn-cam ({other})",
+                        "heat": o.heatmap,
+                        "box": o.box,
+                        "peak": o.peak,
+                        "class": o.name or str(o.index),
+                        "score": o.score,
+                        "seconds": time.perf_counter() - t,
+                    },
+                ]
+            )
         got = peer_maps(fcn, [image] * len(classes), classes, peers, layer, scorecam_batch) if peers else {}
         for name, pm in got.items():
             for j, c in enumerate(classes):
                 heat = pm.maps[j]
-                rows[j].append({"method": name, "heat": heat, "box": threshold_box(heat, peer_fraction),
-                                "peak": _peak(heat), "class": exp.targets[j].name or str(c),
-                                "score": float(pm.logits[j, c]), "seconds": pm.seconds / len(classes)})
+                rows[j].append(
+                    {
+                        "method": name,
+                        "heat": heat,
+                        "box": threshold_box(heat, peer_fraction),
+                        "peak": _peak(heat),
+                        "class": exp.targets[j].name or str(c),
+                        "score": float(pm.logits[j, c]),
+                        "seconds": pm.seconds / len(classes),
+                    }
+                )
         ncol = 1 + len(rows[0])
         aspect = image.height / image.width
-        fig, axes = plt.subplots(len(rows), ncol, figsize=(2.3 * ncol, (2.3 * aspect + 0.6) * len(rows) + 0.4),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            len(rows), ncol, figsize=(2.3 * ncol, (2.3 * aspect + 0.6) * len(rows) + 0.4), squeeze=False
+        )
         for j, row in enumerate(rows):
             _panel(axes[j, 0], image, None, None, None, f"{path.name}\nclass {row[0]['class']}")
             for ax, p in zip(axes[j, 1:], row):
                 unit = "score" if p["method"].startswith("fcn-cam") else "logit"
-                _panel(ax, image, p["heat"], p["box"], p["peak"],
-                       f"{p['method']}\n{p['class']}: {unit} {p['score']:.2f} · {1000 * p['seconds']:.0f} ms")
-        fig.suptitle(f"{fcn.info.get('arch', 'model')}: same class, same model; dashed box = largest region "
-                     f"above the box fraction, + = peak", fontsize=9)
+                _panel(
+                    ax,
+                    image,
+                    p["heat"],
+                    p["box"],
+                    p["peak"],
+                    f"{p['method']}\n{p['class']}: {unit} {p['score']:.2f} · {1000 * p['seconds']:.0f} ms",
+                )
+        fig.suptitle(
+            f"{fcn.info.get('arch', 'model')}: same class, same model; dashed box = largest region "
+            f"above the box fraction, + = peak",
+            fontsize=9,
+        )
         fig.tight_layout()
-        data = [[{k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items() if k != "heat"} for p in row]
-                for row in rows]
+        data = [
+            [{k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items() if k != "heat"} for p in row]
+            for row in rows
+        ]
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110, metadata={"Description": json.dumps(data)})
         plt.close(fig)

@@ -86,7 +86,7 @@ def energy(saliency: np.ndarray, boxes: Sequence[Sequence[int]]) -> float:
         return 0.0
     inside = np.zeros(m.shape, dtype=bool)
     for x0, y0, x1, y1 in boxes:
-        inside[max(y0, 0):y1, max(x0, 0):x1] = True
+        inside[max(y0, 0) : y1, max(x0, 0) : x1] = True
     return float(m[inside].sum() / total)
 
 
@@ -112,8 +112,10 @@ def probability(fcn: FCN, model: torch.nn.Module, target: int) -> Callable[[np.n
 def faithfulness(image: np.ndarray, saliency: np.ndarray, score: Callable, steps: int) -> tuple[float, float]:
     """Deletion and insertion AUC, at most ~128 MB of perturbed images per scorer call."""
     batch = int(max(1, min(steps + 1, 2**27 // max(image.nbytes, 1))))
-    return (metrics.deletion_auc(image, saliency, score, steps=steps, batch_size=batch),
-            metrics.insertion_auc(image, saliency, score, steps=steps, batch_size=batch))
+    return (
+        metrics.deletion_auc(image, saliency, score, steps=steps, batch_size=batch),
+        metrics.insertion_auc(image, saliency, score, steps=steps, batch_size=batch),
+    )
 
 
 # --- images and their targets ----------------------------------------------------------------
@@ -203,8 +205,12 @@ class Run:
         prep = (time.perf_counter() - t0) / max(len(items), 1)
         for (cls, _), idx in groups.items():
             t = time.perf_counter()
-            exps = explain_inputs(self.fcn, [prepared[j] for j in idx], [images[items[j].image].size for j in idx],
-                                  self.settings_for(cls))
+            exps = explain_inputs(
+                self.fcn,
+                [prepared[j] for j in idx],
+                [images[items[j].image].size for j in idx],
+                self.settings_for(cls),
+            )
             each = (time.perf_counter() - t) / len(idx)
             for j, e in zip(idx, exps):
                 out[j] = (e.targets[0].heatmap, e.ranking[0][0], each + prep)
@@ -213,25 +219,31 @@ class Run:
 
 def _chunks(seq: Sequence, n: int) -> Iterable[Sequence]:
     for i in range(0, len(seq), n):
-        yield seq[i:i + n]
+        yield seq[i : i + n]
 
 
-def _score_chunk(run: Run, pairs: Sequence[tuple[Path, list[Box]]], fractions: dict[str, float] | None,
-                 grid: Sequence[float]) -> list[dict]:
+def _score_chunk(
+    run: Run, pairs: Sequence[tuple[Path, list[Box]]], fractions: dict[str, float] | None, grid: Sequence[float]
+) -> list[dict]:
     """Records of one chunk of images. ``fractions`` None: validation (IoUs over ``grid``
     only); else the scored part at each method's fraction."""
     recs: list[dict] = []
     images: list[Image.Image] = []
-    for path, boxes in pairs:
+    for path, _ in pairs:
         try:
             images.append(load_image(path))
-            recs.append({"image": str(path), "width": images[-1].width, "height": images[-1].height,
-                         "targets": []})
+            recs.append(
+                {"image": str(path), "width": images[-1].width, "height": images[-1].height, "targets": []}
+            )
         except ImageError as e:
             images.append(None)
             recs.append({"image": str(path), "error": str(e), "targets": []})
-    items = [Item(i, c, n, bs) for i, (_, boxes) in enumerate(pairs) if images[i] is not None
-             for c, n, bs in targets_of(boxes)]
+    items = [
+        Item(i, c, n, bs)
+        for i, (_, boxes) in enumerate(pairs)
+        if images[i] is not None
+        for c, n, bs in targets_of(boxes)
+    ]
     unknown = [it for it in items if it.cls is None]
     if unknown:  # no class in the annotation: every method explains the classifier's top-1
         for it, c in zip(unknown, run.predict([images[it.image] for it in unknown])):
@@ -244,15 +256,26 @@ def _score_chunk(run: Run, pairs: Sequence[tuple[Path, list[Box]]], fractions: d
         maps[FCN_CAM] = run.fcn_cam_maps(images, items)
     peers = [m for m in run.methods if m != FCN_CAM]
     if peers:
-        got = peer_maps(run.fcn, [images[it.image] for it in items], [it.cls for it in items], peers,
-                        run.layer, run.scorecam_batch)
+        got = peer_maps(
+            run.fcn,
+            [images[it.image] for it in items],
+            [it.cls for it in items],
+            peers,
+            run.layer,
+            run.scorecam_batch,
+        )
         for name, pm in got.items():
             each = pm.seconds / len(items)
             maps[name] = [(m, int(np.argmax(lg)), each) for m, lg in zip(pm.maps, pm.logits)]
     for k, it in enumerate(items):
         given = it.given
-        t = {"class_index": it.cls, "class_name": it.name, "class_given": given,
-             "boxes": [list(b) for b in it.boxes], "methods": {}}
+        t = {
+            "class_index": it.cls,
+            "class_name": it.name,
+            "class_given": given,
+            "boxes": [list(b) for b in it.boxes],
+            "methods": {},
+        }
         arr = np.asarray(images[it.image]) if fractions is not None and run.faithful else None
         score = probability(run.fcn, run.model, it.cls) if arr is not None else None
         for name in run.methods:
@@ -262,8 +285,16 @@ def _score_chunk(run: Run, pairs: Sequence[tuple[Path, list[Box]]], fractions: d
                 r["ious"] = [best_iou(heat, it.boxes, f)[0] for f in grid]
             else:
                 iou, found = best_iou(heat, it.boxes, fractions[name])
-                r.update({"box": list(found), "iou": iou, "box_hit": iou >= IOU, "pointing": pointing(heat, it.boxes),
-                          "energy": energy(heat, it.boxes), "top1": (top1 == it.cls) if given else None})
+                r.update(
+                    {
+                        "box": list(found),
+                        "iou": iou,
+                        "box_hit": iou >= IOU,
+                        "pointing": pointing(heat, it.boxes),
+                        "energy": energy(heat, it.boxes),
+                        "top1": (top1 == it.cls) if given else None,
+                    }
+                )
                 if score is not None:
                     with eval_mode(run.fcn):
                         r["deletion_auc"], r["insertion_auc"] = faithfulness(arr, heat, score, run.steps)
@@ -304,8 +335,13 @@ def weighted_stat(v: np.ndarray, w: np.ndarray, labels: np.ndarray | None = None
         return np.nanmean(per_class, 1)
 
 
-def summarize(records: Sequence[dict], methods: Sequence[str], fractions: dict[str, float],
-              sources: dict[str, str], seed: int = 0) -> dict:
+def summarize(
+    records: Sequence[dict],
+    methods: Sequence[str],
+    fractions: dict[str, float],
+    sources: dict[str, str],
+    seed: int = 0,
+) -> dict:
     """Per method: each metric over the scored items (pointing per class, then over classes),
     its 95 % percentile-bootstrap interval over images, the box fraction used and the seconds
     per image."""
@@ -366,12 +402,24 @@ def markdown(result: dict) -> str:
         "",
     ]
     if result["split"]:
-        lines.append(f"Box fractions chosen on {result['validation_images']} validation images (seeded random "
-                     f"split, share {result['split']:g}, seed {result['split_seed']}); those images are not scored.")
+        lines.append(
+            f"Box fractions chosen on {result['validation_images']} validation images (seeded random "
+            f"split, share {result['split']:g}, seed {result['split_seed']}); those images are not "
+            "scored."
+        )
+    elif result["validation_images"]:
+        lines.append(
+            f"Box fractions chosen on {result['validation_images']} separate validation images, which "
+            "are not scored."
+        )
+    elif any(m["box_fraction_from"] == "given" for m in result["methods"].values()):
+        lines.append("Box fractions as given (`fractions`), not chosen on these images.")
     else:
-        lines.append("**No validation split**: box fractions are the defaults (fcn-cam's chosen on the demo "
-                     f"scenes, the peers' the CAM paper's {PEER_FRACTION}), not chosen on these images; pass "
-                     "`--split 0.3` to choose them on a held-out part.")
+        lines.append(
+            "**No validation split**: box fractions are the defaults (fcn-cam's chosen on the demo "
+            f"scenes, the peers' the CAM paper's {PEER_FRACTION}), not chosen on these images; pass "
+            "`--split 0.3` to choose them on a held-out part."
+        )
     lines += [
         "",
         "| method | box acc | top-1 loc | pointing | energy | deletion AUC ↓ | insertion AUC ↑ | box fraction "
@@ -379,21 +427,27 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in result["methods"].items():
+
         def cell(k, m=m):
             if m.get(k) is None:
                 return "–"
             lo, hi = m[f"{k}_ci"]
             return f"{m[k]:.3f} [{lo:.3f}, {hi:.3f}]" if not math.isnan(lo) else f"{m[k]:.3f}"
-        lines.append(f"| {name} | " + " | ".join(cell(k) for k in METRICS)
-                     + f" | {m['box_fraction']:.2f} ({m['box_fraction_from']}) | {m['seconds_per_image']:.4f} |")
+
+        lines.append(
+            f"| {name} | "
+            + " | ".join(cell(k) for k in METRICS)
+            + f" | {m['box_fraction']:.2f} ({m['box_fraction_from']}) | {m['seconds_per_image']:.4f} |"
+        )
     lines += [
         "",
-        "Intervals: 95 % percentile bootstrap over images. Box accuracy: IoU ≥ 0.5 of the largest connected "
-        "region above the box fraction of the map's range with one of the class's boxes; top-1 loc also needs "
-        "the method's top class (fcn-cam: its ranking; peers: the classifier's logits) to be the annotated one. "
-        "Pointing: the map's maximum within 15 px × min(H, W) / 224 of a box, averaged per class. Energy: share "
-        "of the non-negative map inside the boxes. Deletion / insertion: RISE AUCs of the classifier's softmax "
-        f"probability of the class ({result['steps']} steps; deletion to zeros, insertion from a blurred image).",
+        "Intervals: 95 % percentile bootstrap over images. Box accuracy: IoU ≥ 0.5 of the largest "
+        "connected region above the box fraction of the map's range with one of the class's boxes; top-1 loc "
+        "also needs the method's top class (fcn-cam: its ranking; peers: the classifier's logits) to be the "
+        "annotated one. Pointing: the map's maximum within 15 px × min(H, W) / 224 of a box, averaged per "
+        "class. Energy: share of the non-negative map inside the boxes. Deletion / insertion: RISE AUCs of "
+        f"the classifier's softmax probability of the class ({result['steps']} steps; deletion to zeros, "
+        "insertion from a blurred image).",
         "",
     ]
     if result.get("errors"):
@@ -422,6 +476,8 @@ def evaluate(
     methods: Sequence[str] | None = None,
     split: float | None = None,
     split_seed: int = 0,
+    validation: Iterable[str | os.PathLike] | None = None,
+    fractions: dict[str, float] | None = None,
     out_dir: str | os.PathLike | None = None,
     progress: bool = False,
     layer: str | None = None,
@@ -449,6 +505,10 @@ def evaluate(
             ``Score-CAM``, ``CAM`` for GAP heads); default all that apply.
         split: share of the images, drawn with ``split_seed``, that chooses every method's
             box fraction and is then left out of the scores; ``None``: the defaults.
+        validation: instead of ``split``, other annotated images that choose the fractions
+            (all of ``paths`` are then scored).
+        fractions: box fractions given per method (e.g. chosen on other data); they replace
+            the defaults and are not re-chosen.
         out_dir: where ``evaluation.json``, ``evaluation.md`` and ``evaluation.jsonl`` (one
             line per image) are written, each atomically; ``None`` writes nothing.
         progress: draw a bar over images on stderr.
@@ -468,26 +528,46 @@ def evaluate(
         raise ValueError("no images to evaluate")
     if split is not None and not 0.0 < split < 1.0:
         raise ValueError(f"split must be a share in (0, 1), got {split}")
+    validation = list(validation) if validation is not None else None
+    if split is not None and validation is not None:
+        raise ValueError("give split or validation images, not both")
     ann = annotations if isinstance(annotations, dict) else read_annotations(annotations, fcn.class_names)
     if isinstance(annotations, dict) and fcn.class_names:
         ann = {k: [_named(k, b, fcn.class_names) for b in v] for k, v in ann.items()}
     for k, boxes in ann.items():
         for b in boxes:
             if b.class_index is None and b.class_name is not None:
-                raise AnnotationError(f"{k}: class {b.class_name!r} is a name but the model has no class names; "
-                                      "give classes by index")
+                raise AnnotationError(
+                    f"{k}: class {b.class_name!r} is a name but the model has no class names; "
+                    "give classes by index"
+                )
     pairs = match_images(paths, ann, images_root)
+    n_scored = len(pairs)
+    if validation:
+        pairs += match_images(validation, ann, images_root)
     names = [FCN_CAM, *available(fcn)] if methods is None else list(methods)
     peers = resolve_methods(fcn, [m for m in names if m != FCN_CAM]) if any(m != FCN_CAM for m in names) else []
     methods = ([FCN_CAM] if FCN_CAM in names else []) + peers
-    explain_opts = {"scale": scale, "maps": maps, "pad": pad, "clamp": clamp, "box_fraction": box_fraction,
-                    "rank": rank}
+    explain_opts = {
+        "scale": scale,
+        "maps": maps,
+        "pad": pad,
+        "clamp": clamp,
+        "box_fraction": box_fraction,
+        "rank": rank,
+    }
     base = Settings.make(fcn, **explain_opts)  # bad options fail before any work
     run = Run(fcn, methods, explain_opts, layer, steps, faithfulness, scorecam_batch)
     from .peers import target_layer
 
     layer_name = target_layer(run.model, layer)[0]
     defaults = {m: (base.box_fraction if m == FCN_CAM else PEER_FRACTION) for m in methods}
+    for m, f in (fractions or {}).items():
+        if m not in defaults:
+            raise ValueError(f"fractions names {m!r}, which is not among the methods ({', '.join(methods)})")
+        if not 0.0 <= f <= 1.0:
+            raise ValueError(f"box fraction for {m} must be in [0, 1], got {f}")
+        defaults[m] = float(f)
     grid = sorted(set(metrics.FRACTIONS) | set(defaults.values()))
 
     order = np.arange(len(pairs))
@@ -495,11 +575,15 @@ def evaluate(
     if split is not None:
         n_val = max(1, min(len(pairs) - 1, round(split * len(pairs))))
         val[np.random.default_rng(split_seed).permutation(len(pairs))[:n_val]] = True
+    val[n_scored:] = True
+    choose = val.any()
+    given = set(fractions or {})
     bar = Progress(len(pairs), progress)
     records: list[dict] = [None] * len(pairs)  # type: ignore[list-item]
-    fractions, sources = dict(defaults), {m: "default" for m in methods}
+    fractions = dict(defaults)
+    sources = {m: "given" if m in given else "default" for m in methods}
     try:
-        if split is not None:
+        if choose:
             vi = order[val]
             for chunk in _chunks(vi, batch_size):
                 for j, r in zip(chunk, _score_chunk(run, [pairs[j] for j in chunk], None, grid)):
@@ -507,12 +591,12 @@ def evaluate(
                 bar.update(len(chunk))
             for m in methods:
                 ious = [t["methods"][m]["ious"] for j in vi for t in records[j]["targets"]]
-                if ious:
+                if ious and m not in given:
                     fractions[m], _ = choose_fraction(np.array(ious), grid)
                     sources[m] = "validation"
         for chunk in _chunks(order[~val], batch_size):
             for j, r in zip(chunk, _score_chunk(run, [pairs[j] for j in chunk], fractions, grid)):
-                records[j] = {**r, "part": "test" if split is not None else "all"}
+                records[j] = {**r, "part": "test" if choose else "all"}
             bar.update(len(chunk))
     finally:
         bar.close()
@@ -533,8 +617,10 @@ def evaluate(
         "input_size": "×".join(str(v) for v in fcn.input_size),
         "layer": layer_name,
         "steps": steps if faithfulness else None,
-        "settings": {"fcn_cam": _describe(base), **{k: (list(v) if isinstance(v, tuple) else v)
-                                                    for k, v in explain_opts.items()}},
+        "settings": {
+            "fcn_cam": _describe(base),
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in explain_opts.items()},
+        },
         "methods": summary,
         "errors": [r["error"] for r in records if r.get("error")],
     }

@@ -74,8 +74,10 @@ def resolve_methods(fcn: FCN, methods: Sequence[str] | None) -> list[str]:
     for m in methods:
         if m.lower() not in lower:
             if m.lower() == CAM.lower():
-                raise ValueError("method 'CAM' needs a GAP head (global average pool + one Linear); "
-                                 "this model's head is fully connected")
+                raise ValueError(
+                    "method 'CAM' needs a GAP head (global average pool + one Linear); "
+                    "this model's head is fully connected"
+                )
             close = difflib.get_close_matches(m.lower(), list(lower), n=2)
             hint = f"; did you mean {', '.join(repr(lower[c]) for c in close)}?" if close else ""
             raise ValueError(f"unknown method {m!r} (choose from {', '.join(avail)}){hint}")
@@ -107,8 +109,10 @@ def original_model(fcn: FCN) -> Original:
     h, w = fcn.input_size
     stride, native = fcn.info.get("output_stride"), fcn.info.get("native_stride")
     if stride != native or (fcn.info.get("head") != "gap" and tuple(fcn.map_size(h, w)) != (1, 1)):
-        raise ValueError(f"the peers need the original classifier, but this net was converted with output "
-                         f"stride {stride} (native {native}); convert it at its native stride")
+        raise ValueError(
+            f"the peers need the original classifier, but this net was converted with output "
+            f"stride {stride} (native {native}); convert it at its native stride"
+        )
     return Original(fcn)
 
 
@@ -234,8 +238,9 @@ def peer_maps(
     return out
 
 
-def _grad_cam(model: Original, name: str, x: torch.Tensor, classes: Sequence[int], layer: str | None,
-              scorecam_batch: int) -> tuple[np.ndarray, np.ndarray]:
+def _grad_cam(
+    model: Original, name: str, x: torch.Tensor, classes: Sequence[int], layer: str | None, scorecam_batch: int
+) -> tuple[np.ndarray, np.ndarray]:
     """One pytorch-grad-cam method on a batch: maps at the input size and the logits."""
     pgc = require_grad_cam()
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

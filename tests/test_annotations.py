@@ -17,7 +17,8 @@ NAMES = ["background", "red", "Blue Jay"]
 def voc(name: str, objects: list[tuple[str, tuple]]) -> str:
     objs = "".join(
         f"<object><name>{n}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax>"
-        f"<ymax>{b[3]}</ymax></bndbox></object>" for n, b in objects
+        f"<ymax>{b[3]}</ymax></bndbox></object>"
+        for n, b in objects
     )
     return f"<annotation><filename>{name}</filename>{objs}</annotation>"
 
@@ -45,10 +46,14 @@ def test_voc_round_trip_of_the_benchmark_writer(tmp_path):
 
 def test_coco_boxes_by_category_name(tmp_path):
     data = {
-        "images": [{"id": 7, "file_name": "x/cat.jpg", "width": 100, "height": 80},
-                   {"id": 8, "file_name": "empty.jpg"}],
-        "annotations": [{"image_id": 7, "category_id": 3, "bbox": [10, 5, 20.4, 30]},
-                        {"image_id": 7, "category_id": 1, "bbox": [0, 0, 5, 5]}],
+        "images": [
+            {"id": 7, "file_name": "x/cat.jpg", "width": 100, "height": 80},
+            {"id": 8, "file_name": "empty.jpg"},
+        ],
+        "annotations": [
+            {"image_id": 7, "category_id": 3, "bbox": [10, 5, 20.4, 30]},
+            {"image_id": 7, "category_id": 1, "bbox": [0, 0, 5, 5]},
+        ],
         "categories": [{"id": 1, "name": "background"}, {"id": 3, "name": "RED"}],
     }
     p = tmp_path / "coco.json"
@@ -77,13 +82,22 @@ def test_csv_index_name_header_and_no_class(tmp_path):
         ("bad.csv", "a.png,1,2,30,40,1\nb.png,9,9,3,3,1\n", "bad.csv: line 2: box [9, 9, 3, 3] is empty"),
         ("bad.csv", "a.png,1,2,30,40,dog\n", "unknown class name 'dog'"),
         ("bad.csv", "a.png,1,2,30,40,9\n", "class index 9 out of range"),
-        ("bad.json", '{"images": [{"id": 1, "file_name": "a"}], "annotations": [{"image_id": 2, "bbox": [0,0,1,1]}]}',
-         "bad.json: annotations[0]: image_id 2"),
+        (
+            "bad.json",
+            '{"images": [{"id": 1, "file_name": "a"}], "annotations": [{"image_id": 2, "bbox": [0,0,1,1]}]}',
+            "bad.json: annotations[0]: image_id 2",
+        ),
         ("bad.json", '{"images": [], "annotations": [}', "bad.json: not a readable JSON file"),
-        ("bad.json", '{"images": [{"id": 1, "file_name": "a"}], "annotations": [{"image_id": 1, "bbox": [0, 0]}]}',
-         "bad.json: annotations[0]: bbox must be"),
-        ("bad.xml", "<annotation><filename>a</filename><object><name>red</name></object></annotation>",
-         "bad.xml: object 1: no <bndbox>"),
+        (
+            "bad.json",
+            '{"images": [{"id": 1, "file_name": "a"}], "annotations": [{"image_id": 1, "bbox": [0, 0]}]}',
+            "bad.json: annotations[0]: bbox must be",
+        ),
+        (
+            "bad.xml",
+            "<annotation><filename>a</filename><object><name>red</name></object></annotation>",
+            "bad.xml: object 1: no <bndbox>",
+        ),
         ("bad.xml", "<annotation><object>", "bad.xml: not valid XML"),
     ],
 )

@@ -31,10 +31,17 @@ def images(root, n=2):
 
 def gap_fcn() -> fcn_cam.FCN:
     torch.manual_seed(1)
-    feats = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1),
-                          nn.ReLU(), nn.MaxPool2d(2))
-    model = nn.Sequential(OrderedDict(features=feats, pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
-                                      fc=nn.Linear(16, 3))).eval()
+    feats = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
+    model = nn.Sequential(
+        OrderedDict(features=feats, pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(16, 3))
+    ).eval()
     return fcn_cam.convert(model, NATIVE, class_names=["a", "b", "c"], mean=(0, 0, 0), std=(1, 1, 1))
 
 

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import NATIVE, convert_planted, planted_model, small_vgg
 from PIL import Image
 
 import fcn_cam
@@ -22,9 +23,15 @@ from fcn_cam.evaluation import (
 )
 from fcn_cam.peers import PEERS, original_model, target_layer
 
-from conftest import NATIVE, convert_planted, planted_model, small_vgg
-
-REQUIRED = {"box_acc", "pointing", "energy", "deletion_auc", "insertion_auc", "box_fraction", "seconds_per_image"}
+REQUIRED = {
+    "box_acc",
+    "pointing",
+    "energy",
+    "deletion_auc",
+    "insertion_auc",
+    "box_fraction",
+    "seconds_per_image",
+}
 
 
 def planted_scenes(root, sizes=(64, 96, 128, 160, 64, 112), seed=0, class_column="red"):
@@ -36,7 +43,7 @@ def planted_scenes(root, sizes=(64, 96, 128, 160, 64, 112), seed=0, class_column
         img = np.full((side, side, 3), 40, np.uint8)
         img += rng.integers(0, 12, img.shape, dtype=np.uint8)
         x0, y0 = (int(v) for v in rng.integers(0, side - sq, 2))
-        img[y0:y0 + sq, x0:x0 + sq] = (230, 20, 20)
+        img[y0 : y0 + sq, x0 : x0 + sq] = (230, 20, 20)
         p = root / f"im{i}.png"
         Image.fromarray(img).save(p)
         paths.append(p)
@@ -60,7 +67,7 @@ def test_planted_object_is_found(planted, tmp_path):
     assert m["box_acc"] == 1.0 and m["pointing"] == 1.0 and m["top1_loc"] == 1.0
     assert m["box_fraction_from"] == "default"
     data = json.loads((out / "evaluation.json").read_text())
-    assert data["images"] == len(paths) and REQUIRED <= set(data["methods"][FCN_CAM])
+    assert data["images"] == len(paths) and set(data["methods"][FCN_CAM]) >= REQUIRED
     assert len((out / "evaluation.jsonl").read_text().splitlines()) == len(paths)
     md = (out / "evaluation.md").read_text()
     assert "No validation split" in md and "| fcn-cam | 1.000" in md
@@ -113,7 +120,7 @@ def test_peers_and_split(planted, tmp_path):
     assert list(r["methods"]) == [FCN_CAM, *PEERS]
     assert r["validation_images"] == 4 and r["images"] == 4
     for m in r["methods"].values():
-        assert REQUIRED <= set(m) and m["box_fraction_from"] == "validation"
+        assert set(m) >= REQUIRED and m["box_fraction_from"] == "validation"
         assert 0 <= m["box_acc"] <= 1 and m["seconds_per_image"] > 0
     parts = [json.loads(x)["part"] for x in (tmp_path / "out" / "evaluation.jsonl").read_text().splitlines()]
     assert sorted(parts) == ["test"] * 4 + ["validation"] * 4
@@ -175,3 +182,14 @@ def test_reduced_stride_refused_for_peers():
     fcn = fcn_cam.convert(small_vgg(), NATIVE, output_stride=8)
     with pytest.raises(ValueError, match="native stride"):
         original_model(fcn)
+
+
+def test_separate_validation_images_and_given_fractions(planted, tmp_path):
+    paths, csv = planted_scenes(tmp_path)
+    r = evaluate(planted, paths[:3], csv, validation=paths[3:], methods=[FCN_CAM], faithfulness=False)
+    m = r["methods"][FCN_CAM]
+    assert (r["images"], r["validation_images"], m["box_fraction_from"]) == (3, 3, "validation")
+    r = evaluate(planted, paths, csv, methods=[FCN_CAM], faithfulness=False, fractions={FCN_CAM: 0.3})
+    assert (r["methods"][FCN_CAM]["box_fraction"], r["methods"][FCN_CAM]["box_fraction_from"]) == (0.3, "given")
+    with pytest.raises(ValueError, match="not among the methods"):
+        evaluate(planted, paths, csv, methods=[FCN_CAM], fractions={"Grad-CAM": 0.3})

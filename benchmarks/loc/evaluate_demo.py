@@ -36,7 +36,9 @@ def main() -> None:
     ap.add_argument("--methods", default=None, help="comma-separated (default: fcn-cam and every peer)")
     ap.add_argument("--split", type=float, default=None)
     ap.add_argument("--no-faithfulness", action="store_true")
-    ap.add_argument("--data", type=Path, default=None, help="where the scenes are written (default: a temp dir)")
+    ap.add_argument(
+        "--data", type=Path, default=None, help="where the scenes are written (default: a temp dir)"
+    )
     ap.add_argument("--out", type=Path, default=None, help="evaluation output folder")
     ap.add_argument("--name", default="evaluate_demo", help="results file stem in benchmarks/results")
     ap.add_argument("--time-only", action="store_true", help="print the timing, write no results file")
@@ -49,25 +51,44 @@ def main() -> None:
     fcn = load_demo(args.model)
     load = ForeignLoad()
     t1 = time.time()
-    res = evaluate(fcn, paths, data / "annotations", methods=args.methods.split(",") if args.methods else None,
-                   split=args.split, faithfulness=not args.no_faithfulness, out_dir=args.out or data / "evaluation",
-                   progress=True)
+    evaluate(
+        fcn,
+        paths,
+        data / "annotations",
+        methods=args.methods.split(",") if args.methods else None,
+        split=args.split,
+        faithfulness=not args.no_faithfulness,
+        out_dir=args.out or data / "evaluation",
+        progress=True,
+    )
     wall = time.time() - t1
-    machine = (f"CPU: {cpu_line()}; {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; torch "
-               f"{torch.__version__}; other processes used {load.cores():.2f} cores on average during the run")
-    print(f"scenes written in {t_write:.1f} s; evaluate {args.n} images in {wall:.1f} s ({wall / args.n:.3f} s/image)")
+    machine = (
+        f"CPU: {cpu_line()}; {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; torch "
+        f"{torch.__version__}; other processes used {load.cores():.2f} cores on average during the run"
+    )
+    print(
+        f"scenes written in {t_write:.1f} s; evaluate {args.n} images in {wall:.1f} s "
+        f"({wall / args.n:.3f} s/image)"
+    )
     print(machine)
     if args.time_only:
         return
     cmd = "python -m benchmarks.loc.evaluate_demo " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in (("n", args.n), ("seed", args.seed), ("model", args.model))
     )
-    md = (data / "evaluation" / "evaluation.md").read_text() if args.out is None else (args.out / "evaluation.md").read_text()
-    head = (f"Command: `{cmd}`  \nDate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {args.n} fresh demo "
-            f"scenes (`scenes({args.n}, seed={args.seed}, split=\"test\")`, a seed no other benchmark uses), written as "
-            f"PNG + Pascal VOC XML and scored by `fcn_cam.evaluation.evaluate` (what `fcn-cam evaluate` runs); "
-            f"wall time {wall / 60:.1f} min ({wall / args.n:.2f} s per image, all methods and deletion/insertion). "
-            f"{machine}.\n\n")
+    md = (
+        (data / "evaluation" / "evaluation.md").read_text()
+        if args.out is None
+        else (args.out / "evaluation.md").read_text()
+    )
+    head = (
+        f"Command: `{cmd}`  \nDate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {args.n} fresh demo "
+        f'scenes (`scenes({args.n}, seed={args.seed}, split="test")`, a seed no other benchmark uses), '
+        "written as "
+        f"PNG + Pascal VOC XML and scored by `fcn_cam.evaluation.evaluate` (what `fcn-cam evaluate` runs); "
+        f"wall time {wall / 60:.1f} min ({wall / args.n:.2f} s per image, all methods and deletion/insertion). "
+        f"{machine}.\n\n"
+    )
     body = md.replace("# fcn-cam evaluation\n\n", "")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.md").write_text(f"# `fcn-cam evaluate` on demo scenes\n\n{head}{body}")

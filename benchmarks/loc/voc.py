@@ -18,15 +18,19 @@ from PIL import Image
 from fcn_cam.demo import Scenes
 
 
-def voc_xml(filename: str, width: int, height: int, objects: list[tuple[str, tuple[int, int, int, int]]]) -> str:
+def voc_xml(
+    filename: str, width: int, height: int, objects: list[tuple[str, tuple[int, int, int, int]]]
+) -> str:
     """One image's VOC annotation; ``objects`` are ``(class name, [x0, y0, x1, y1))`` 0-based."""
     objs = "".join(
         f"<object><name>{escape(n)}</name><bndbox><xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin>"
         f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
         for n, (x0, y0, x1, y1) in objects
     )
-    return (f"<annotation><filename>{escape(filename)}</filename><size><width>{width}</width>"
-            f"<height>{height}</height><depth>3</depth></size>{objs}</annotation>\n")
+    return (
+        f"<annotation><filename>{escape(filename)}</filename><size><width>{width}</width>"
+        f"<height>{height}</height><depth>3</depth></size>{objs}</annotation>\n"
+    )
 
 
 def write_scenes(data: Scenes, root: Path, prefix: str = "scene") -> list[Path]:

@@ -110,8 +110,9 @@ def probability(fcn: FCN, model: torch.nn.Module, target: int) -> Callable[[np.n
 
 
 def faithfulness(image: np.ndarray, saliency: np.ndarray, score: Callable, steps: int) -> tuple[float, float]:
-    """Deletion and insertion AUC, at most ~128 MB of perturbed images per scorer call."""
-    batch = int(max(1, min(steps + 1, 2**27 // max(image.nbytes, 1))))
+    """Deletion and insertion AUC, at most ~32 MB of perturbed uint8 images per scorer call
+    (x4 once they are float for the network)."""
+    batch = int(max(1, min(steps + 1, 2**25 // max(image.nbytes, 1))))
     return (
         metrics.deletion_auc(image, saliency, score, steps=steps, batch_size=batch),
         metrics.insertion_auc(image, saliency, score, steps=steps, batch_size=batch),
@@ -217,9 +218,32 @@ class Run:
         return out
 
 
-def _chunks(seq: Sequence, n: int) -> Iterable[Sequence]:
-    for i in range(0, len(seq), n):
-        yield seq[i : i + n]
+#: Pixels of the images explained together: each method's maps of a chunk are float32 at
+#: image size, so a chunk of large photos stays at a few hundred MB.
+CHUNK_PIXELS = 2**24
+
+
+def _pixels(path: Path) -> int:
+    """Width × height from the file's header (no decoding); 0 if unreadable (the load says why)."""
+    try:
+        with Image.open(path) as im:
+            return im.width * im.height
+    except Exception:  # noqa: BLE001 - the real load reports the error
+        return 0
+
+
+def _chunks(indices: Sequence[int], pairs: Sequence, n: int, pixels: int = CHUNK_PIXELS) -> Iterable[list]:
+    """Runs of at most ``n`` images and ``pixels`` pixels (at least one image each)."""
+    chunk, total = [], 0
+    for j in indices:
+        p = _pixels(pairs[j][0])
+        if chunk and (len(chunk) == n or total + p > pixels):
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(j)
+        total += p
+    if chunk:
+        yield chunk
 
 
 def _score_chunk(
@@ -585,7 +609,7 @@ def evaluate(
     try:
         if choose:
             vi = order[val]
-            for chunk in _chunks(vi, batch_size):
+            for chunk in _chunks(vi, pairs, batch_size):
                 for j, r in zip(chunk, _score_chunk(run, [pairs[j] for j in chunk], None, grid)):
                     records[j] = {**r, "part": "validation"}
                 bar.update(len(chunk))
@@ -594,7 +618,7 @@ def evaluate(
                 if ious and m not in given:
                     fractions[m], _ = choose_fraction(np.array(ious), grid)
                     sources[m] = "validation"
-        for chunk in _chunks(order[~val], batch_size):
+        for chunk in _chunks(order[~val], pairs, batch_size):
             for j, r in zip(chunk, _score_chunk(run, [pairs[j] for j in chunk], fractions, grid)):
                 records[j] = {**r, "part": "test" if choose else "all"}
             bar.update(len(chunk))

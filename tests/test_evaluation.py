@@ -193,3 +193,14 @@ def test_separate_validation_images_and_given_fractions(planted, tmp_path):
     assert (r["methods"][FCN_CAM]["box_fraction"], r["methods"][FCN_CAM]["box_fraction_from"]) == (0.3, "given")
     with pytest.raises(ValueError, match="not among the methods"):
         evaluate(planted, paths, csv, methods=[FCN_CAM], fractions={"Grad-CAM": 0.3})
+
+
+def test_chunks_bound_images_and_pixels(tmp_path):
+    from fcn_cam.evaluation import _chunks
+
+    paths = []
+    for i, side in enumerate((10, 10, 30, 10, 10)):
+        paths.append((tmp_path / f"{i}.png", []))
+        Image.new("RGB", (side, side)).save(paths[-1][0])
+    assert list(_chunks(range(5), paths, 8, pixels=999)) == [[0, 1], [2], [3, 4]]
+    assert list(_chunks(range(5), paths, 2, pixels=10**6)) == [[0, 1], [2, 3], [4]]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 
 from benchmarks.common import ForeignLoad, cpu_line
 from benchmarks.loc.voc import write_scenes
+from fcn_cam.annotations import read_annotations
 from fcn_cam.demo import scenes
 from fcn_cam.evaluation import evaluate
 from fcn_cam.zoo import load_demo
@@ -35,6 +37,9 @@ def main() -> None:
     ap.add_argument("--model", default="demo-fc", choices=("demo-fc", "demo-gap"))
     ap.add_argument("--methods", default=None, help="comma-separated (default: fcn-cam and every peer)")
     ap.add_argument("--split", type=float, default=None)
+    ap.add_argument("--validation", type=int, default=0,
+                    help="choose every method's box fraction on this many separate validation scenes "
+                         "(the localization benchmark's validation seed 101)")
     ap.add_argument("--no-faithfulness", action="store_true")
     ap.add_argument(
         "--data", type=Path, default=None, help="where the scenes are written (default: a temp dir)"
@@ -47,6 +52,12 @@ def main() -> None:
     t0 = time.time()
     d = scenes(args.n, seed=args.seed, split="test")
     paths = write_scenes(d, data)
+    ann = read_annotations(data / "annotations", d.class_names)
+    val_paths = None
+    if args.validation:
+        v = scenes(args.validation, seed=101, split="test")
+        val_paths = write_scenes(v, data / "validation", prefix="val")
+        ann.update(read_annotations(data / "validation" / "annotations", d.class_names))
     t_write = time.time() - t0
     fcn = load_demo(args.model)
     load = ForeignLoad()
@@ -54,7 +65,8 @@ def main() -> None:
     evaluate(
         fcn,
         paths,
-        data / "annotations",
+        ann,
+        validation=val_paths,
         methods=args.methods.split(",") if args.methods else None,
         split=args.split,
         faithfulness=not args.no_faithfulness,
@@ -73,21 +85,26 @@ def main() -> None:
     print(machine)
     if args.time_only:
         return
-    cmd = "python -m benchmarks.loc.evaluate_demo " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in (("n", args.n), ("seed", args.seed), ("model", args.model))
-    )
+    cmd = "python -m " + __spec__.name + " " + " ".join(sys.argv[1:])
     md = (
         (data / "evaluation" / "evaluation.md").read_text()
         if args.out is None
         else (args.out / "evaluation.md").read_text()
     )
+    val = ""
+    if args.validation:
+        val = (f"Box fractions chosen on {args.validation} separate validation scenes "
+               f'(`scenes({args.validation}, seed=101, split="test")`, the localization benchmark\'s '
+               "validation seed). ")
     head = (
         f"Command: `{cmd}`  \nDate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {args.n} fresh demo "
         f'scenes (`scenes({args.n}, seed={args.seed}, split="test")`, a seed no other benchmark uses), '
         "written as "
         f"PNG + Pascal VOC XML and scored by `fcn_cam.evaluation.evaluate` (what `fcn-cam evaluate` runs); "
-        f"wall time {wall / 60:.1f} min ({wall / args.n:.2f} s per image, all methods and deletion/insertion). "
-        f"{machine}.\n\n"
+        f"wall time {wall / 60:.1f} min ({wall / args.n:.2f} s per scored image, every listed method"
+        f"{'' if args.no_faithfulness else ' and deletion/insertion'}"
+        f"{', validation scenes included' if args.validation else ''}). "
+        f"{machine}.\n\n{val}"
     )
     body = md.replace("# fcn-cam evaluation\n\n", "")
     RESULTS.mkdir(exist_ok=True)

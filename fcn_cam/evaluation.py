@@ -469,9 +469,10 @@ def markdown(result: dict) -> str:
         "connected region above the box fraction of the map's range with one of the class's boxes; top-1 loc "
         "also needs the method's top class (fcn-cam: its ranking; peers: the classifier's logits) to be the "
         "annotated one. Pointing: the map's maximum within 15 px × min(H, W) / 224 of a box, averaged per "
-        "class. Energy: share of the non-negative map inside the boxes. Deletion / insertion: RISE AUCs of "
-        f"the classifier's softmax probability of the class ({result['steps']} steps; deletion to zeros, "
-        "insertion from a blurred image).",
+        "class. Energy: share of the non-negative map inside the boxes. "
+        + (f"Deletion / insertion: RISE AUCs of the classifier's softmax probability of the class "
+           f"({result['steps']} steps; deletion to zeros, insertion from a blurred image)."
+           if result["steps"] else "Deletion / insertion not computed."),
         "",
     ]
     if result.get("errors"):

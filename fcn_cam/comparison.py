@@ -27,7 +27,7 @@ from .explanation import Scales, explain
 from .files import write_atomic
 from .images import load_image
 from .metrics import threshold_box
-from .peers import available, peer_maps, resolve_methods
+from .peers import CAM, available, peer_maps, require_grad_cam, resolve_methods
 from .render import overlay
 from .surgery import FCN
 
@@ -114,6 +114,8 @@ def compare(
     import matplotlib.pyplot as plt
 
     peers = resolve_methods(fcn, methods if methods is not None else available(fcn))
+    if any(m != CAM for m in peers):
+        require_grad_cam()  # before any work
     other = "scores" if maps == "cells" else "cells"
     opts = {"scale": scale, "pad": pad, "clamp": clamp, "rank": rank}
     out = Path(out_dir)

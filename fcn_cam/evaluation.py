@@ -50,7 +50,7 @@ from .defaults import DEFAULT_CLAMP, DEFAULT_MAPS, DEFAULT_PAD, DEFAULT_SCALE
 from .explanation import Scales, Settings, explain_inputs
 from .files import dumps_strict, write_atomic
 from .images import ImageError, load_image
-from .peers import available, native_input, original_model, peer_maps, resolve_methods
+from .peers import CAM, available, native_input, original_model, peer_maps, require_grad_cam, resolve_methods
 from .surgery import FCN, eval_mode
 
 #: fcn-cam's own method (the defaults of ``explain``, or the options given).
@@ -573,6 +573,8 @@ def evaluate(
     names = [FCN_CAM, *available(fcn)] if methods is None else list(methods)
     peers = resolve_methods(fcn, [m for m in names if m != FCN_CAM]) if any(m != FCN_CAM for m in names) else []
     methods = ([FCN_CAM] if FCN_CAM in names else []) + peers
+    if any(m != CAM for m in peers):
+        require_grad_cam()  # before any work
     explain_opts = {
         "scale": scale,
         "maps": maps,

@@ -204,3 +204,14 @@ def test_chunks_bound_images_and_pixels(tmp_path):
         Image.new("RGB", (side, side)).save(paths[-1][0])
     assert list(_chunks(range(5), paths, 8, pixels=999)) == [[0, 1], [2], [3, 4]]
     assert list(_chunks(range(5), paths, 2, pixels=10**6)) == [[0, 1], [2, 3], [4]]
+
+
+def test_missing_extra_fails_before_any_work(planted, tmp_path, monkeypatch):
+    import sys
+
+    paths, csv = planted_scenes(tmp_path, sizes=(64,))
+    monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)
+    with pytest.raises(ImportError, match=r"pip install 'fcn-cam\[compare\]'"):
+        evaluate(planted, paths, csv, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert evaluate(planted, paths, csv, methods=[FCN_CAM], faithfulness=False)["images"] == 1  # fcn-cam alone

@@ -137,7 +137,8 @@ def main() -> None:
     ap.add_argument("--n-rise", type=int, default=100, help="test images scored by deletion/insertion")
     ap.add_argument("--steps", type=int, default=16, help="deletion/insertion steps")
     ap.add_argument("--pads", default=",".join(PADS), help="paddings swept")
-    ap.add_argument("--n-eval", type=int, default=300, help="test scenes scored by fcn_cam.evaluate (Score-CAM: ~1-3 s each)")
+    ap.add_argument("--n-eval", type=int, default=300,
+                    help="test scenes scored by fcn_cam.evaluate (Score-CAM: ~1-3 s each)")
     ap.add_argument("--eval-methods", default="fcn-cam,Grad-CAM,HiResCAM,Grad-CAM++,Score-CAM",
                     help="methods fcn_cam.evaluate compares")
     ap.add_argument("--out", type=Path, default=None)

@@ -1,13 +1,19 @@
 """Localization benchmark: FCN-CAM (score and cell maps) vs true GAP-CAM vs Grad-CAM on the
 demo scenes, with fcn-cam's defaults chosen on a validation split.
 
-    python benchmarks/localization.py            # full run, writes benchmarks/results/localization.*
-    python benchmarks/localization.py --quick    # smoke run into a temporary directory
+    python -m benchmarks.loc            # full run, writes benchmarks/results/localization.*
+    python -m benchmarks.loc --quick    # smoke run into a temporary directory
+    (``python benchmarks/localization.py`` is the same entry point)
 
-Steps: (1) sweep FCN-CAM configurations on the validation scenes and choose the defaults
-(``loc/selection.py``); (2) score every method on the test scenes (``loc/scoring.py``),
-thresholds again from validation; (3) class discrimination on two-digit scenes; (4) the
-report (``loc/report.py``). Parts live in ``benchmarks/loc/``.
+Steps: (0) the validation and test scenes are written once as PNGs with Pascal VOC XML boxes
+(``loc/voc.py``) and their boxes read back through ``fcn_cam.annotations``, as a user's data
+would be; (1) sweep FCN-CAM configurations on the validation scenes and choose the defaults
+(``loc/selection.py``); (2) score every method on the test scenes (``loc/scoring.py``, through
+``fcn_cam.evaluation``'s functions), thresholds again from validation; (2b) ``fcn_cam.evaluate``
+— what ``fcn-cam evaluate`` runs — on the VOC folders: the default configuration against the
+peers' methods from pytorch-grad-cam, fractions chosen on the validation scenes; (3) class
+discrimination on two-digit scenes; (4) the report (``loc/report.py``). Parts live in
+``benchmarks/loc/``.
 """
 
 from __future__ import annotations
@@ -23,9 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import ForeignLoad, cpu_line
-from loc import fcnmaps, methods, report, scoring, selection
+from loc import fcnmaps, methods, report, scoring, selection, voc
 from loc.fcnmaps import KINDS, Config, config_maps, pick
 
+from fcn_cam import evaluation
+from fcn_cam.annotations import read_annotations
 from fcn_cam.demo import Scenes, pair_scenes, scenes
 from fcn_cam.demo.showcase import comparison_figure, converted_twins
 from fcn_cam.demo.twins import WEIGHTS_PATH, twins
@@ -35,6 +43,8 @@ from fcn_cam.metrics import threshold_box
 RESULTS = Path(__file__).resolve().parent / "results"
 SEEDS = {"val": 101, "test": 202, "pairs": 303}
 SINGLE = (1.0, 1.5, 2.0, 3.0)
+#: Where the scenes are written as PNG + VOC XML (once per split, seed and count).
+SCENES_DIR = Path(tempfile.gettempdir()) / "fcn-cam-loc-scenes"
 
 
 def log(msg: str) -> None:
@@ -49,11 +59,24 @@ class Bench:
         self.val = scenes(args.n_val, seed=SEEDS["val"], split="test")
         self.test = scenes(args.n_test, seed=SEEDS["test"], split="test")
         self.pairs = pair_scenes(args.n_pairs, seed=SEEDS["pairs"], split="test")
+        self.folders = {k: self.as_voc(k, getattr(self, k)) for k in ("val", "test")}
         self.hw = self.test.images.shape[1:3]
         self.fc, self.gap = twins()
         self.fcn, self.cam, _ = converted_twins()
         self.rows: dict[str, dict] = {}
         self.disc: dict[str, dict] = {}
+
+    def as_voc(self, split: str, data: Scenes) -> tuple[list[Path], Path]:
+        """The scenes as a user's folder (written once), and their boxes read back through
+        ``fcn_cam.annotations``: the boxes every score below uses."""
+        root = SCENES_DIR / f"{split}-seed{SEEDS[split]}-n{len(data)}"
+        paths = voc.write_scenes(data, root)
+        ann = read_annotations(root / "annotations", data.class_names)
+        boxes = np.array([ann[p.name][0].xyxy for p in paths], dtype=np.int64)
+        labels = np.array([ann[p.name][0].class_index for p in paths], dtype=np.int64)
+        if not (np.array_equal(boxes, data.boxes) and np.array_equal(labels, data.labels)):
+            raise RuntimeError(f"{root}: the VOC round trip changed the boxes or classes")
+        return paths, root / "annotations"
 
     def subset(self, n_val: int, n_test: int) -> Bench:
         """The same bench on the first scenes of each split (no rows)."""
@@ -114,6 +137,10 @@ def main() -> None:
     ap.add_argument("--n-rise", type=int, default=100, help="test images scored by deletion/insertion")
     ap.add_argument("--steps", type=int, default=16, help="deletion/insertion steps")
     ap.add_argument("--pads", default=",".join(PADS), help="paddings swept")
+    ap.add_argument("--n-eval", type=int, default=300,
+                    help="test scenes scored by fcn_cam.evaluate (Score-CAM: ~1-3 s each)")
+    ap.add_argument("--eval-methods", default="fcn-cam,Grad-CAM,HiResCAM,Grad-CAM++,Score-CAM",
+                    help="methods fcn_cam.evaluate compares")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--render", type=Path, metavar="JSON",
                     help="only rewrite the .md next to a localization.json from it (after a report change)")
@@ -123,6 +150,7 @@ def main() -> None:
         return
     if args.quick:
         args.n_test, args.n_val, args.n_pairs, args.n_rise, args.steps, args.n_stride = 40, 30, 20, 4, 4, 20
+        args.n_eval = 20
     out = args.out or (Path(tempfile.mkdtemp(prefix="locbench-")) if args.quick else RESULTS)
     pads = tuple(args.pads.split(","))
     t0 = time.time()
@@ -156,7 +184,7 @@ def main() -> None:
 
     # 2. test rows
     kind_cfg = {k: selection.config_of(best_kind[k]) for k in KINDS}
-    test_raws = {}
+    test_raws = b.test_raws = {}
     for key in sorted({k for c in (default, same_other, *kind_cfg.values())
                        for k in fcnmaps.input_keys(SINGLE, [c.pad], [c.kind])}):  # each input once
         test_raws[key] = fcnmaps.forward(b.fcn, b.test.images, b.test.labels[:, None], *key)
@@ -237,6 +265,9 @@ def main() -> None:
         b.fc,
         None,
     )
+
+    # 2b. fcn_cam.evaluate (the command's code) on the VOC folders: default vs the peers
+    ev = evaluate_section(b, default, fractions[default.kind], out)
 
     # 3. class discrimination on two-digit scenes
     disc_cfgs = {default_name: default, f"FCN-CAM {same_other.label()}": same_other}
@@ -330,10 +361,40 @@ def main() -> None:
         "explain_check": check,
         "torchcam_cam_max_diff": cam_diff,
         "gradcam_max_diff": gradcam_diff,
+        "evaluate": ev,
     }
     (out / "localization.json").write_text(json.dumps(res, indent=1))
     (out / "localization.md").write_text(report.markdown(res))
     log(f"wrote {out / 'localization.md'} in {elapsed / 60:.1f} min")
+
+
+def evaluate_section(b: Bench, default: Config, fraction: float, out: Path) -> dict:
+    """``fcn_cam.evaluate`` on the first ``n_eval`` test scenes, box fractions chosen on the
+    validation scenes, with the default configuration; and the check that its fcn-cam box
+    accuracy equals the benchmark's own maps' at the same fraction (one implementation)."""
+    n = min(b.args.n_eval, len(b.test))
+    if n == 0:
+        return {}
+    test_paths, ann = b.folders["test"]
+    val_paths, val_ann = b.folders["val"]
+    merged = {**read_annotations(val_ann, b.test.class_names), **read_annotations(ann, b.test.class_names)}
+    t = time.time()
+    res = evaluation.evaluate(
+        b.fcn, test_paths[:n], merged, validation=val_paths, methods=b.args.eval_methods.split(","),
+        faithfulness=n > 0 and b.args.n_rise > 0, steps=b.args.steps, out_dir=out / "evaluate",
+        scale=default.scales, maps=default.kind, pad=default.pad, clamp=default.clamp, box_fraction=fraction,
+    )
+    fr = res["methods"]["fcn-cam"]["box_fraction"]
+    dmaps = config_maps(b.fcn, {k: subset_raw(r, n) for k, r in b.test_raws.items()}, default,
+                        b.test.labels[:n, None])
+    own = scoring.box_stats(dmaps, b.test.boxes[:n], fr)["acc"]
+    res["check"] = {"fraction": fr, "benchmark_maps_box_acc": own,
+                    "evaluate_box_acc": res["methods"]["fcn-cam"]["box_acc"]}
+    res["minutes"] = (time.time() - t) / 60
+    log(f"evaluate on {n} test scenes in {res['minutes']:.1f} min; fcn-cam box "
+        f"{res['check']['evaluate_box_acc']:.3f} "
+        f"(benchmark maps {own:.3f} at f={fr})")
+    return res
 
 
 def sha256(path: Path) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from fcn_cam import evaluation
+
 from .selection import CRITERION, HISTORY
 
 ROW_KEYS = [
@@ -105,6 +107,30 @@ def targets_table(ts: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def evaluate_section(ev: dict) -> list[str]:
+    """``fcn_cam.evaluate``'s own table on the test scenes, and the one-implementation check."""
+    if not ev:
+        return []
+    c = ev["check"]
+    body = evaluation.markdown(ev).split("\n", 2)[2]  # without its title
+    return [
+        "## `fcn-cam evaluate` on the test scenes (the command's code)",
+        "",
+        f"The first {ev['images']} test scenes as PNG + Pascal VOC XML, scored by "
+        "`fcn_cam.evaluation.evaluate` "
+        f"in {ev['minutes']:.1f} min with the default configuration; every method's box fraction chosen on the "
+        "validation scenes (also as VOC). Peers from pytorch-grad-cam on the FC twin.",
+        "",
+        body.strip(),
+        "",
+        "Check: the benchmark's own default-configuration maps give box accuracy "
+        f"{c['benchmark_maps_box_acc']:.3f} "
+        f"on the same scenes at the same fraction ({c['fraction']:g}); `evaluate` gives "
+        f"{c['evaluate_box_acc']:.3f}.",
+        "",
+    ]
+
+
 def markdown(r: dict) -> str:
     """The whole results file."""
     d = r["defaults"]
@@ -157,6 +183,7 @@ def markdown(r: dict) -> str:
         "",
         table(r["rows"], ROW_KEYS),
         "",
+        *evaluate_section(r.get("evaluate") or {}),
         "## Class discrimination (two digits of different classes per scene)",
         "",
         "Each digit's class map must peak on that digit (pointing-game tolerance) and nearer to it than to "

@@ -1,5 +1,10 @@
 """Scoring maps: box accuracy (threshold from validation), pointing, energy, deletion /
-insertion, and class discrimination on two-digit scenes."""
+insertion, and class discrimination on two-digit scenes.
+
+Each map is scored by :mod:`fcn_cam.evaluation`'s own functions (``best_iou``, ``pointing``,
+``energy``, the bootstrap over images), the code ``fcn-cam evaluate`` runs on a user's
+images; only the bulk maps (many configurations from cached forwards) are the benchmark's.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fcn_cam import metrics
+from fcn_cam import evaluation, metrics
 from fcn_cam.demo import Pairs, Scenes
 from fcn_cam.demo.twins import preprocess
 
@@ -20,8 +25,9 @@ def box_stats(maps: np.ndarray, boxes: np.ndarray, fraction: float) -> dict:
     """Box accuracy at ``fraction``, the share of boxes covering the whole image, and the
     median box area as a share of the image."""
     h, w = maps.shape[1:]
-    found = [metrics.threshold_box(m, fraction) for m in maps]
-    hits = np.array([metrics.iou(b, t) >= 0.5 for b, t in zip(found, boxes)])
+    scored = [evaluation.best_iou(m, [t], fraction) for m, t in zip(maps, boxes)]
+    found = [f for _, f in scored]
+    hits = np.array([v >= evaluation.IOU for v, _ in scored])
     areas = np.array([(b[2] - b[0]) * (b[3] - b[1]) / (h * w) for b in found])
     return {
         "hits": hits,
@@ -31,12 +37,26 @@ def box_stats(maps: np.ndarray, boxes: np.ndarray, fraction: float) -> dict:
     }
 
 
+def intervals(columns: dict[str, np.ndarray], labels: np.ndarray, seed: int = 0) -> dict:
+    """95 % percentile-bootstrap intervals over scenes, as ``fcn_cam.evaluation`` computes them
+    (pointing: per class, then over classes)."""
+    w = evaluation.resample_weights(np.arange(len(labels)), np.random.default_rng(seed))
+    out = {}
+    for key, v in columns.items():
+        lab = labels if key == "pointing" else None
+        stat = evaluation.weighted_stat(np.asarray(v, dtype=np.float64), w, lab)
+        out[f"{key}_ci"] = [float(x) for x in np.nanpercentile(stat, [2.5, 97.5])]
+    return out
+
+
 def localization(val: np.ndarray, val_boxes: np.ndarray, test: np.ndarray, data: Scenes) -> dict:
-    """Box accuracy at 20 % and at the fraction swept on ``val``; pointing; energy."""
+    """Box accuracy at 20 % and at the fraction swept on ``val``; pointing; energy; their
+    95 % intervals over scenes."""
     sweep = sweep_fraction(list(val), val_boxes)  # as for the defaults
     swept = box_stats(test, data.boxes, sweep.fraction)
     fixed = box_stats(test, data.boxes, 0.2)
-    hits = [metrics.pointing_hit(m, b) for m, b in zip(test, data.boxes)]
+    hits = [evaluation.pointing(m, [b]) for m, b in zip(test, data.boxes)]
+    energies = [evaluation.energy(m, [b]) for m, b in zip(test, data.boxes)]
     return {
         "box_acc_20": fixed["acc"],
         "box_fraction_val": sweep.fraction,
@@ -45,7 +65,8 @@ def localization(val: np.ndarray, val_boxes: np.ndarray, test: np.ndarray, data:
         "whole_image_boxes": swept["whole"],
         "median_box_area": swept["area"],
         "pointing": metrics.class_mean_accuracy(hits, data.labels),
-        "energy": float(np.mean([metrics.energy_pointing(m, b) for m, b in zip(test, data.boxes)])),
+        "energy": float(np.mean(energies)),
+        **intervals({"box_acc_swept": swept["hits"], "pointing": hits, "energy": energies}, data.labels),
         "_box_hits": swept["hits"],
     }
 

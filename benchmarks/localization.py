@@ -37,8 +37,8 @@ from fcn_cam.annotations import read_annotations
 from fcn_cam.demo import Scenes, pair_scenes, scenes
 from fcn_cam.demo.showcase import comparison_figure, converted_twins
 from fcn_cam.demo.twins import WEIGHTS_PATH, twins
-from fcn_cam.explanation import PADS
 from fcn_cam.metrics import threshold_box
+from fcn_cam.settings import PADS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEEDS = {"val": 101, "test": 202, "pairs": 303}

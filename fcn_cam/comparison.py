@@ -16,19 +16,20 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .defaults import DEFAULT_CLAMP, DEFAULT_MAPS, DEFAULT_PAD, DEFAULT_SCALE
 from .evaluation import PEER_FRACTION, Progress
-from .explanation import Scales, explain
+from .explanation import explain
 from .files import write_atomic
 from .images import load_image
 from .metrics import threshold_box
 from .peers import CAM, available, peer_maps, require_grad_cam, resolve_methods
 from .render import overlay
+from .settings import Settings
 from .surgery import FCN
 
 #: Longest side of each panel's image in the figure (maps are resampled for display only).
@@ -84,25 +85,19 @@ def compare(
     out_dir: str | os.PathLike,
     methods: Sequence[str] | None = None,
     layer: str | None = None,
-    target: int | str | None = None,
-    top_k: int = 1,
-    scale: Scales = DEFAULT_SCALE,
-    maps: str = DEFAULT_MAPS,
-    pad: str | bool = DEFAULT_PAD,
-    clamp: bool = DEFAULT_CLAMP,
-    box_fraction: float | None = None,
-    rank: str = "auto",
+    settings: Settings | None = None,
     peer_fraction: float = PEER_FRACTION,
     scorecam_batch: int = 64,
     progress: bool = False,
+    **overrides: Any,
 ) -> list[Path]:
     """Write ``out_dir/<image stem>_compare.png`` per image; returns their paths.
 
     Args:
         methods: the peers to show (default: every one that applies, :func:`fcn_cam.peers.available`).
         layer: the peers' hooked layer by name (default: the body's last module).
-        target, top_k, scale, maps, pad, clamp, box_fraction, rank: fcn-cam's options
-            (:func:`fcn_cam.explain`); the peers explain the same classes.
+        settings, **overrides: fcn-cam's options (:func:`fcn_cam.explain`: ``target``,
+            ``top_k``, ``scale``, ``maps``, …); the peers explain the same classes.
         peer_fraction: the peers' box fraction (the CAM paper's 0.2).
 
     The PNG's ``Description`` text holds the panels' data as JSON (method, class, score,
@@ -116,8 +111,9 @@ def compare(
     peers = resolve_methods(fcn, methods if methods is not None else available(fcn))
     if any(m != CAM for m in peers):
         require_grad_cam()  # before any work
-    other = "scores" if maps == "cells" else "cells"
-    opts = {"scale": scale, "pad": pad, "clamp": clamp, "rank": rank}
+    s = (settings or Settings()).replace(**overrides)
+    s.for_model(fcn)  # bad options fail before any work
+    other = "scores" if s.maps == "cells" else "cells"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [Path(p) for p in paths]
@@ -125,21 +121,21 @@ def compare(
     for i, path in enumerate(paths):
         image = load_image(path)
         if i == 0:  # one-time costs (allocator, imports) kept out of the first image's timings
-            explain(fcn, image, maps=maps, target=target, top_k=1, box_fraction=box_fraction, **opts)
+            explain(fcn, image, s, top_k=1)
             if any(p != "Score-CAM" for p in peers):
                 peer_maps(fcn, [image], [0], [next(p for p in peers if p != "Score-CAM")], layer)
         t = time.perf_counter()
-        exp = explain(fcn, image, maps=maps, target=target, top_k=top_k, box_fraction=box_fraction, **opts)
+        exp = explain(fcn, image, s)
         t_main = time.perf_counter() - t
         classes = [x.index for x in exp.targets]
         rows = []
         for x in exp.targets:
             t = time.perf_counter()
-            o = explain(fcn, image, maps=other, target=x.index, **opts).targets[0]
+            o = explain(fcn, image, s, maps=other, target=x.index, top_k=1, box_fraction=None).targets[0]
             rows.append(
                 [
                     {
-                        "method": f"fcn-cam ({maps})",
+                        "method": f"fcn-cam ({s.maps})",
                         "heat": x.heatmap,
                         "box": x.box,
                         "peak": x.peak,

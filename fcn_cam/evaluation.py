@@ -22,7 +22,7 @@ float32 maps are never held at once):
 Thresholds: with ``split``, a seeded random share of the images (validation) chooses each
 method's box fraction (:func:`fcn_cam.metrics.sweep_fraction`'s rule: the fraction with the
 best box accuracy, ties to the smaller) and only the other images are scored; without it,
-fcn-cam uses its defaults (chosen on the demo scenes, ``fcn_cam.defaults.BOX_FRACTION``) and
+fcn-cam uses its defaults (chosen on the demo scenes, ``fcn_cam.settings.BOX_FRACTION``) and
 the peers the CAM paper's 0.2, and the report says so.
 
 Intervals: 95 % percentile bootstrap over images (``BOOTSTRAP`` resamples, seeded), an image
@@ -39,6 +39,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,12 +47,13 @@ from PIL import Image
 
 from . import metrics
 from .annotations import AnnotationError, Annotations, Box, match_images, read_annotations
-from .defaults import DEFAULT_CLAMP, DEFAULT_MAPS, DEFAULT_PAD, DEFAULT_SCALE
-from .explanation import Scales, Settings, explain_inputs
+from .explanation import explain_inputs, inputs_of
 from .files import dumps_strict, write_atomic
 from .images import ImageError, load_image
+from .layers import eval_mode
 from .peers import CAM, available, native_input, original_model, peer_maps, require_grad_cam, resolve_methods
-from .surgery import FCN, eval_mode
+from .settings import Settings
+from .surgery import FCN
 
 #: fcn-cam's own method (the defaults of ``explain``, or the options given).
 FCN_CAM = "fcn-cam"
@@ -171,7 +173,7 @@ class Run:
 
     fcn: FCN
     methods: list[str]  # FCN_CAM and/or peer names
-    settings: dict  # explain's keyword arguments
+    settings: Settings  # fcn-cam's, before the class is set
     layer: str | None
     steps: int
     faithful: bool
@@ -184,7 +186,7 @@ class Run:
 
     def settings_for(self, cls: int) -> Settings:
         if cls not in self._settings:
-            self._settings[cls] = Settings.make(self.fcn, target=cls, **self.settings)
+            self._settings[cls] = self.settings.replace(target=cls).for_model(self.fcn)
         return self._settings[cls]
 
     def predict(self, images: Sequence[Image.Image]) -> list[int]:
@@ -200,7 +202,7 @@ class Run:
         prepared = []
         for it in items:
             s = self.settings_for(it.cls)
-            inputs = s.inputs(self.fcn, images[it.image])
+            inputs = inputs_of(self.fcn, images[it.image], s)
             prepared.append(inputs)
             groups.setdefault((it.cls, tuple(tuple(i.x.shape) for i in inputs)), []).append(len(prepared) - 1)
         prep = (time.perf_counter() - t0) / max(len(items), 1)
@@ -511,12 +513,8 @@ def evaluate(
     batch_size: int = 8,
     scorecam_batch: int = 64,
     images_root: str | os.PathLike | None = None,
-    scale: Scales = DEFAULT_SCALE,
-    maps: str = DEFAULT_MAPS,
-    pad: str | bool = DEFAULT_PAD,
-    clamp: bool = DEFAULT_CLAMP,
-    box_fraction: float | None = None,
-    rank: str = "auto",
+    settings: Settings | None = None,
+    **overrides: Any,
 ) -> dict:
     """Score fcn-cam and the peers' methods on annotated images.
 
@@ -540,8 +538,8 @@ def evaluate(
         layer: the peers' hooked layer by name (default: the body's last module).
         faithfulness: compute deletion / insertion (``steps`` steps each).
         batch_size: images explained together.
-        scale, maps, pad, clamp, box_fraction, rank: fcn-cam's options, as in
-            :func:`fcn_cam.explain`.
+        settings, **overrides: fcn-cam's options, as for :func:`fcn_cam.explain` (the
+            class is each box's; ``target`` and ``top_k`` are not taken).
 
     Returns:
         ``{"images", "items", "methods": {name: {box_acc, top1_loc, top1, pointing, energy,
@@ -575,16 +573,11 @@ def evaluate(
     methods = ([FCN_CAM] if FCN_CAM in names else []) + peers
     if any(m != CAM for m in peers):
         require_grad_cam()  # before any work
-    explain_opts = {
-        "scale": scale,
-        "maps": maps,
-        "pad": pad,
-        "clamp": clamp,
-        "box_fraction": box_fraction,
-        "rank": rank,
-    }
-    base = Settings.make(fcn, **explain_opts)  # bad options fail before any work
-    run = Run(fcn, methods, explain_opts, layer, steps, faithfulness, scorecam_batch)
+    asked = (settings or Settings()).replace(**overrides)
+    if asked.target is not None or asked.top_k != 1:
+        raise ValueError("evaluate explains each annotated class; do not give target or top_k")
+    base = asked.for_model(fcn)  # bad options fail before any work
+    run = Run(fcn, methods, asked, layer, steps, faithfulness, scorecam_batch)
     from .peers import target_layer
 
     layer_name = target_layer(run.model, layer)[0]
@@ -646,7 +639,7 @@ def evaluate(
         "steps": steps if faithfulness else None,
         "settings": {
             "fcn_cam": _describe(base),
-            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in explain_opts.items()},
+            **{k: v for k, v in asked.as_request().items() if k not in ("target", "top_k", "ranking_size")},
         },
         "methods": summary,
         "errors": [r["error"] for r in records if r.get("error")],
@@ -663,5 +656,5 @@ def _named(key: str, b: Box, names: Sequence[str]) -> Box:
 
 
 def _describe(s: Settings) -> str:
-    sc = "+".join(f"{v:g}" for v in s.scales)
+    sc = "+".join(f"{v:g}" for v in s.scale)
     return f"maps={s.maps}, scale {sc}, pad {s.pad}, {'clamped' if s.clamp else 'raw'}, rank {s.rank}"

@@ -25,7 +25,7 @@ from benchmarks.loc.voc import write_scenes
 from fcn_cam.annotations import read_annotations
 from fcn_cam.demo import scenes
 from fcn_cam.evaluation import evaluate
-from fcn_cam.zoo import load_demo
+from fcn_cam.zoo import load_arch
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -59,7 +59,7 @@ def main() -> None:
         val_paths = write_scenes(v, data / "validation", prefix="val")
         ann.update(read_annotations(data / "validation" / "annotations", d.class_names))
     t_write = time.time() - t0
-    fcn = load_demo(args.model)
+    fcn = load_arch(args.model)
     load = ForeignLoad()
     t1 = time.time()
     evaluate(

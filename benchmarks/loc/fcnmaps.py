@@ -17,10 +17,11 @@ from PIL import Image
 
 import fcn_cam
 import fcn_cam.metrics
-from fcn_cam.explanation import class_scores, fuse, map_geometry, network_input, resolve_rank, sides
+from fcn_cam.explanation import class_scores, fuse, map_geometry, network_input, sides
 from fcn_cam.geometry import map_size
 from fcn_cam.maps import MAP_KINDS as KINDS
 from fcn_cam.maps import cell_maps
+from fcn_cam.settings import resolve_rank
 
 
 @dataclass(frozen=True)

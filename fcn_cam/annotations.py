@@ -30,11 +30,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import AnnotationError
+
 __all__ = ["AnnotationError", "Box", "match_images", "read_annotations", "read_coco", "read_csv", "read_voc"]
-
-
-class AnnotationError(ValueError):
-    """A malformed or inconsistent annotation; the message names the file and the entry."""
 
 
 @dataclass(frozen=True)

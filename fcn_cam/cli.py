@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from .errors import EXPECTED
 from .registry import NAMES
 from .settings import DEFAULT_MODEL, DEFAULT_OUTPUT, DEFAULT_SCALE, Output, Runtime, Settings
 
@@ -31,9 +32,7 @@ app = typer.Typer(
 
 def expected_errors() -> tuple[type[Exception], ...]:
     """The errors a command reports as one line (bad input, not a bug)."""
-    from .jobs import expected_errors as errors
-
-    return errors()
+    return EXPECTED
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -304,6 +303,85 @@ def explain(
     for note in job.notes:
         echo_err(note)
     run_job(job)
+
+
+# -- compare, evaluate --------------------------------------------------------------------
+
+Methods = Annotated[list[str] | None, typer.Option(
+    "--method", help="A peer to show (Grad-CAM, HiResCAM, Grad-CAM++, Score-CAM, CAM for GAP heads); "
+    "repeatable; default: every one that applies.")]
+Layer = Annotated[str | None, typer.Option(
+    help="The layer the peers hook, by name in the original model (default: the last conv block's output).")]
+ProgressOpt = Annotated[bool | None, typer.Option(help="A progress bar on stderr (default: on a terminal).")]
+CompareDir = Annotated[Path, typer.Option("-o", "--output-dir", help="Where the figures go.")]
+EvalDir = Annotated[Path, typer.Option(
+    "-o", "--output-dir", help="Where evaluation.json, evaluation.md and evaluation.jsonl go.")]
+Annotations_ = Annotated[Path, typer.Option(
+    help="Boxes: a Pascal VOC XML folder, a COCO JSON file, or a CSV (image,x0,y0,x1,y1[,class]).")]
+Split = Annotated[float | None, typer.Option(
+    help="This share of the images (drawn at random) chooses every method's box fraction and is not "
+    "scored; default: the defaults, and the report says so.", min=0, max=1)]
+Faithful = Annotated[bool, typer.Option(help="Deletion and insertion AUC (slower).")]
+
+
+def explained_settings(scale, class_, top_k, maps, pad, no_pad, clamp, rank, box_fraction) -> Settings:
+    """explain's options as :class:`Settings` (``compare`` and ``evaluate`` take the same)."""
+    return Settings(scale=tuple(scale or DEFAULT_SCALE), maps=maps, pad="none" if no_pad else pad, clamp=clamp,
+                    target=class_, top_k=top_k, box_fraction=box_fraction, rank=rank)
+
+
+@app.command()
+def compare(
+    images: Images, model: ModelOpt = DEFAULT_MODEL, output_dir: CompareDir = Path("fcn-cam-compare"),
+    method: Methods = None, layer: Layer = None, scale: ScaleOpt = None, class_: ClassOpt = None,
+    top_k: TopK = Settings.top_k, maps: MapsOpt = Settings.maps, pad: PadOpt = Settings.pad,
+    no_pad: NoPad = False, clamp: Clamp = Settings.clamp, rank: Rank = Settings.rank,
+    box_fraction: BoxFraction = None, weights: ArchWeights = "DEFAULT", device: Device = Runtime.device,
+    progress: ProgressOpt = None,
+) -> None:
+    r"""One figure per image: fcn-cam's map and its other map kind beside Grad-CAM, HiResCAM,
+    Grad-CAM++ and Score-CAM (pip install 'fcn-cam\[compare]') for the same class on the
+    same model, each with its box, peak, score and time."""
+    from .jobs import ModelSpec, compare_files
+
+    notes: list[str] = []
+    try:
+        s = explained_settings(scale, class_, top_k, maps, pad, no_pad, clamp, rank, box_fraction)
+        written = compare_files(images, ModelSpec(model, weights), s, output_dir,
+                                runtime=Runtime(device=device), notes=notes, methods=method, layer=layer,
+                                progress=sys.stderr.isatty() if progress is None else progress)
+    except (*expected_errors(), ImportError, OSError) as e:
+        raise fail(str(e)) from None
+    for line in [*notes, *map(str, written)]:
+        typer.echo(line)
+
+
+@app.command()
+def evaluate(
+    images: Images, annotations: Annotations_, model: ModelOpt = DEFAULT_MODEL,
+    output_dir: EvalDir = Path("fcn-cam-evaluation"), split: Split = None, method: Methods = None,
+    layer: Layer = None, faithfulness: Faithful = True, scale: ScaleOpt = None,
+    maps: MapsOpt = Settings.maps, pad: PadOpt = Settings.pad, no_pad: NoPad = False,
+    clamp: Clamp = Settings.clamp, rank: Rank = Settings.rank, box_fraction: BoxFraction = None,
+    weights: ArchWeights = "DEFAULT", device: Device = Runtime.device, progress: ProgressOpt = None,
+) -> None:
+    """Localization (box accuracy, pointing, energy) and faithfulness (deletion, insertion)
+    of fcn-cam against the peers on your annotated images, with 95 % intervals; writes
+    evaluation.md, evaluation.json and one line per image in evaluation.jsonl."""
+    from .jobs import ModelSpec, evaluate_files
+
+    notes: list[str] = []
+    try:
+        s = explained_settings(scale, None, 1, maps, pad, no_pad, clamp, rank, box_fraction)
+        evaluate_files(images, ModelSpec(model, weights), s, annotations, runtime=Runtime(device=device),
+                       notes=notes, out_dir=output_dir, split=split, methods=method, layer=layer,
+                       faithfulness=faithfulness,
+                       progress=sys.stderr.isatty() if progress is None else progress)
+    except (*expected_errors(), ImportError, OSError) as e:
+        raise fail(str(e)) from None
+    for line in notes:
+        echo_err(line)
+    typer.echo((output_dir / "evaluation.md").read_text())
 
 
 # -- export --------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .errors import RayRunError
 from .explanation import Result, explain_files, failure, prefetch
 from .images import ImageError, decode_batch, find_images
 from .modelfile import load
@@ -207,10 +208,6 @@ def explain_dataset(
     # Arguments are checked above, now; Ray starts when the first result is asked for.
     return _run(ray, address, model, paths, root, actors, num_cpus, num_gpus, (decode_cpus, max_pixels),
                 dict(runtime or {}), output, options)
-
-
-class RayRunError(RuntimeError):
-    """The Ray run itself failed (cluster unreachable, an actor that cannot start, …)."""
 
 
 def _reason(e: BaseException) -> str:

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ExportError
 from .explanation import class_scores
 from .geometry import Geometry
 from .head import gemm_compatible
@@ -61,10 +62,6 @@ TOLERANCE = 1e-4
 #: A gate input this close to a kink, relative to the layer's largest, may be on either side
 #: of it in another implementation (:meth:`CAMGraph.kink_allowance`).
 KINK_EPS = 1e-5
-
-
-class ExportError(ValueError):
-    """The model cannot be exported, or the written graph disagrees with the module."""
 
 
 # --- gates: forward and derivative, both plain tensor ops ------------------------------------

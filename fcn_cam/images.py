@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import ImageError
 from .files import shown
 from .settings import MAX_PIXELS
 
@@ -41,10 +42,6 @@ MAX_PIXELS_HINT = "--max-pixels N (max_pixels= in the API) raises it"
 BACKGROUND = (255, 255, 255)  # what transparent pixels become, for every kind of input
 
 ImageLike = "Image.Image | np.ndarray | torch.Tensor | str | os.PathLike"
-
-
-class ImageError(ValueError):
-    """An input that is not a readable image; the message names the file."""
 
 
 def check_file(path: Path) -> None:

@@ -39,17 +39,6 @@ if TYPE_CHECKING:
     from .surgery import FCN
 
 
-def expected_errors() -> tuple[type[Exception], ...]:
-    """The errors a command reports as one line (bad input, not a bug)."""
-    from .distributed import RayRunError
-    from .errors import ConversionError
-    from .modelfile import ModelFileError
-    from .outputs import OutputError
-    from .zoo import WeightsError
-
-    return ModelFileError, WeightsError, ConversionError, ValueError, FileExistsError, OutputError, RayRunError
-
-
 # -- convert, info -------------------------------------------------------------------------
 
 
@@ -101,6 +90,38 @@ def export_file(spec: ModelSpec, output: Path, *, check_sizes: Sequence[tuple[in
 
     fcn = spec.open("cpu")
     return export(fcn, output, check_sizes=tuple(check_sizes or CHECK_SIZES), **options)
+
+
+def _images_and_model(images: Sequence[Path], exclude: Path | None, spec: ModelSpec, runtime: Runtime | None,
+                      notes: list[str] | None) -> tuple[list[Path], FCN]:
+    """The image files under ``images`` (none from ``exclude``) and the prepared model."""
+    from .images import find_images
+
+    paths = list(find_images(images, exclude=[exclude] if exclude else []))
+    if not paths:
+        raise ValueError("no images found in the given paths")
+    return paths, _open_prepared(spec, runtime or Runtime(), False, notes if notes is not None else [])
+
+
+def compare_files(images: Sequence[Path], spec: ModelSpec, settings: Settings, out_dir: Path, *,
+                  runtime: Runtime | None = None, notes: list[str] | None = None, **options: Any) -> list[Path]:
+    """``fcn-cam compare``: one figure per image, fcn-cam's maps beside the peers'
+    (:func:`fcn_cam.comparison.compare`); ``options``: ``methods``, ``layer``, ``progress``…"""
+    from .comparison import compare
+
+    paths, fcn = _images_and_model(images, out_dir, spec, runtime, notes)
+    return compare(fcn, paths, out_dir=out_dir, settings=settings, **options)
+
+
+def evaluate_files(images: Sequence[Path], spec: ModelSpec, settings: Settings, annotations: Path, *,
+                   runtime: Runtime | None = None, notes: list[str] | None = None,
+                   **options: Any) -> dict[str, Any]:
+    """``fcn-cam evaluate``: localization and faithfulness of fcn-cam and the peers on the
+    user's annotated images (:func:`fcn_cam.evaluation.evaluate`)."""
+    from .evaluation import evaluate
+
+    paths, fcn = _images_and_model(images, options.get("out_dir"), spec, runtime, notes)
+    return evaluate(fcn, paths, annotations, settings=settings, **options)
 
 
 def describe_file(path: Path) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from torch import nn
 
 from . import registry
 from .conversion import convert
-from .errors import ConversionError
+from .errors import ConversionError, ModelFileError
 from .files import write_atomic
 from .geometry import Geometry
 from .layers import ChannelSoftmax
@@ -64,10 +64,6 @@ LAYERS: dict[type[nn.Module], tuple[str, ...]] = {
     nn.Identity: (),
 }
 BY_NAME = {cls.__name__: cls for cls in LAYERS}
-
-
-class ModelFileError(ValueError):
-    """A file that is not a loadable fcn-cam model."""
 
 
 class _NotPlain(Exception):

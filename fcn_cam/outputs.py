@@ -53,6 +53,7 @@ import numpy as np
 from PIL import Image
 
 from . import files as _files
+from .errors import AlreadyDone, NonFiniteError, OutputError
 from .explanation import Explanation
 from .files import dumps_strict, os_bytes, shown, stale_temporaries, write_all, write_atomic
 from .render import overlay
@@ -140,18 +141,6 @@ def _stamp() -> str:
 def is_output_name(name: str) -> bool:
     """Whether ``name`` is one of the files :class:`OutputDir` writes (never an input)."""
     return bool(_OUTPUT_NAME.match(name))
-
-
-class OutputError(OSError):
-    """The output folder cannot be used (not writable, not a folder); one line."""
-
-
-class AlreadyDone(FileExistsError):  # noqa: N818 - a state, not a failure
-    """The record exists (maybe written meanwhile by another process) and ``overwrite`` is off."""
-
-
-class NonFiniteError(ValueError):
-    """The model produced NaN or infinite scores for this image."""
 
 
 def image_identity(image: str | os.PathLike | None, pixels: Image.Image | None = None) -> str:

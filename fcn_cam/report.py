@@ -41,6 +41,7 @@ from urllib.parse import quote
 
 from PIL import Image
 
+from .errors import ReportError
 from .files import finite_json, stale_temporaries, write_atomic
 from .outputs import OutputDir
 from .render import draw_box, line_width
@@ -49,10 +50,6 @@ INDEX = "index.html"
 THUMBS = Path(".report") / "thumbs"
 MANIFEST = "sizes.json"  # thumbnail name -> [width, height]: a rerun opens none of them
 _THUMB_NAME = re.compile(r"[0-9a-f]{20}\.jpg$")
-
-
-class ReportError(ValueError):
-    """The folder cannot be reported on (one line naming it)."""
 
 
 # -- reading records safely ---------------------------------------------------------------

@@ -33,21 +33,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import NotAChainError, WeightsError
+
 #: Prefixes wrappers put before every key: DataParallel/DDP, torch.compile, Lightning and
 #: hand-written training loops (the attribute holding the net).
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "net.")
 MAX_DEPTH = 4  # how deep a state dict may sit in a checkpoint's dicts
-
-
-class WeightsError(RuntimeError):
-    """Weights could not be found, downloaded or loaded."""
-
-
-class NotAChainError(WeightsError):
-    """A TorchScript archive that is not a chain of standard layers; ``archive`` is the loaded
-    ScriptModule (its tensors still fit a named architecture, see :func:`fcn_cam.zoo.build`)."""
-
-    archive: torch.jit.ScriptModule | None = None
 
 
 @dataclass

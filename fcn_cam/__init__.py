@@ -22,6 +22,7 @@ _PUBLIC = {
     "Geometry": "geometry", "align": "geometry",
     "ModelFileError": "modelfile", "load": "modelfile", "save": "modelfile",
     "prepare": "runtime", "plot": "display",
+    "compare": "comparison", "evaluate": "evaluation", "read_annotations": "annotations",
     "FCN": "surgery", "Layout": "layout", "ConversionError": "errors", "convert": "conversion",
 }
 __all__ = [
@@ -38,21 +39,27 @@ __all__ = [
     "Target",
     "align",
     "cell_maps",
+    "compare",
     "convert",
+    "evaluate",
     "explain",
     "explain_files",
     "load",
     "plot",
     "prepare",
+    "read_annotations",
     "save",
     "score_maps",
 ]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .annotations import read_annotations
+    from .comparison import compare
     from .conversion import convert
     from .display import plot
     from .errors import ConversionError
+    from .evaluation import evaluate
     from .explanation import Explanation, Result, Target, explain, explain_files
     from .geometry import Geometry, align
     from .layout import Layout

@@ -348,7 +348,8 @@ def compare(
     try:
         s = explained_settings(scale, class_, top_k, maps, pad, no_pad, clamp, rank, box_fraction)
         written = compare_files(images, ModelSpec(model, weights), s, output_dir,
-                                runtime=Runtime(device=device), notes=notes, methods=method, layer=layer,
+                                runtime=Runtime(device=device, precision="fp32"), notes=notes, methods=method,
+                                layer=layer,
                                 progress=sys.stderr.isatty() if progress is None else progress)
     except (*expected_errors(), ImportError, OSError) as e:
         raise fail(str(e)) from None
@@ -373,9 +374,9 @@ def evaluate(
     notes: list[str] = []
     try:
         s = explained_settings(scale, None, 1, maps, pad, no_pad, clamp, rank, box_fraction)
-        evaluate_files(images, ModelSpec(model, weights), s, annotations, runtime=Runtime(device=device),
-                       notes=notes, out_dir=output_dir, split=split, methods=method, layer=layer,
-                       faithfulness=faithfulness,
+        evaluate_files(images, ModelSpec(model, weights), s, annotations, peers=method,
+                       runtime=Runtime(device=device, precision="fp32"), notes=notes, out_dir=output_dir,
+                       split=split, layer=layer, faithfulness=faithfulness,
                        progress=sys.stderr.isatty() if progress is None else progress)
     except (*expected_errors(), ImportError, OSError) as e:
         raise fail(str(e)) from None

@@ -94,13 +94,15 @@ def export_file(spec: ModelSpec, output: Path, *, check_sizes: Sequence[tuple[in
 
 def _images_and_model(images: Sequence[Path], exclude: Path | None, spec: ModelSpec, runtime: Runtime | None,
                       notes: list[str] | None) -> tuple[list[Path], FCN]:
-    """The image files under ``images`` (none from ``exclude``) and the prepared model."""
+    """The image files under ``images`` (none from ``exclude``) and the prepared model (fp32
+    unless told otherwise: the peers' gradients run on it too, and are compared at full precision)."""
     from .images import find_images
 
     paths = list(find_images(images, exclude=[exclude] if exclude else []))
     if not paths:
         raise ValueError("no images found in the given paths")
-    return paths, _open_prepared(spec, runtime or Runtime(), False, notes if notes is not None else [])
+    return paths, _open_prepared(spec, runtime or Runtime(precision="fp32"), False,
+                                 notes if notes is not None else [])
 
 
 def compare_files(images: Sequence[Path], spec: ModelSpec, settings: Settings, out_dir: Path, *,
@@ -114,14 +116,15 @@ def compare_files(images: Sequence[Path], spec: ModelSpec, settings: Settings, o
 
 
 def evaluate_files(images: Sequence[Path], spec: ModelSpec, settings: Settings, annotations: Path, *,
-                   runtime: Runtime | None = None, notes: list[str] | None = None,
-                   **options: Any) -> dict[str, Any]:
-    """``fcn-cam evaluate``: localization and faithfulness of fcn-cam and the peers on the
-    user's annotated images (:func:`fcn_cam.evaluation.evaluate`)."""
-    from .evaluation import evaluate
+                   peers: Sequence[str] | None = None, runtime: Runtime | None = None,
+                   notes: list[str] | None = None, **options: Any) -> dict[str, Any]:
+    """``fcn-cam evaluate``: localization and faithfulness of fcn-cam and ``peers`` (default:
+    every one that applies) on the user's annotated images (:func:`fcn_cam.evaluation.evaluate`)."""
+    from .evaluation import FCN_CAM, evaluate
 
     paths, fcn = _images_and_model(images, options.get("out_dir"), spec, runtime, notes)
-    return evaluate(fcn, paths, annotations, settings=settings, **options)
+    methods = [FCN_CAM, *peers] if peers else None
+    return evaluate(fcn, paths, annotations, settings=settings, methods=methods, **options)
 
 
 def describe_file(path: Path) -> dict[str, Any]:

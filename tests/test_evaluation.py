@@ -215,3 +215,31 @@ def test_missing_extra_fails_before_any_work(planted, tmp_path, monkeypatch):
         evaluate(planted, paths, csv, out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert evaluate(planted, paths, csv, methods=[FCN_CAM], faithfulness=False)["images"] == 1  # fcn-cam alone
+
+
+def test_evaluate_and_compare_commands(planted, tmp_path):
+    """`fcn-cam evaluate` prints the table it writes; `fcn-cam compare` one figure per image;
+    a bad annotation file is one line."""
+    from typer.testing import CliRunner
+
+    from fcn_cam.cli import app
+
+    model = fcn_cam.save(planted, tmp_path / "planted.pt")
+    paths, csv = planted_scenes(tmp_path)
+    run = CliRunner().invoke
+    r = run(app, ["evaluate", *map(str, paths), "-m", str(model), "--annotations", str(csv), "-o",
+                  str(tmp_path / "eval"), "--method", "Grad-CAM", "--no-faithfulness"])
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert result["images"] == len(paths) and set(result["methods"]) == {FCN_CAM, "Grad-CAM"}
+    assert result["methods"][FCN_CAM]["box_acc"] == 1.0
+    assert (tmp_path / "eval" / "evaluation.md").read_text().strip() in r.stdout
+    r = run(app, ["compare", str(paths[0]), str(paths[1]), "-m", str(model), "-o", str(tmp_path / "cmp"),
+                  "--method", "Grad-CAM", "--scale", "1"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "cmp").glob("*.png")) == ["im0_compare.png", "im1_compare.png"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,x0,y0,x1,y1\nim0.png,1,2,x,4\n")
+    r = run(app, ["evaluate", str(paths[0]), "-m", str(model), "--annotations", str(bad),
+                  "-o", str(tmp_path / "e")])
+    assert r.exit_code == 2 and str(bad) in r.output and len(r.output.strip().splitlines()) == 1

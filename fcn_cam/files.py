@@ -210,3 +210,16 @@ def append_line(path: Path, record: dict) -> None:
             raise
     finally:
         fs.close(fd)
+
+
+def torch_file_problem(path: Path) -> tuple[str, str] | None:
+    """Why ``path`` cannot be a file ``torch.save`` wrote, from its first bytes alone:
+    ``("missing" | "special" | "not torch", detail)``, or None when it may be one (a zip
+    archive, or a legacy raw pickle stream)."""
+    if not path.is_file():
+        return ("missing", "not found") if not path.exists() else ("special", "not a regular file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return None
+    return "not torch", "empty" if not head else f"starts with {head!r}"

@@ -22,7 +22,7 @@ from torch import nn
 from . import registry
 from .conversion import convert
 from .errors import ConversionError, ModelFileError
-from .files import write_atomic
+from .files import torch_file_problem, write_atomic
 from .geometry import Geometry
 from .layers import ChannelSoftmax
 from .surgery import FCN, set_output_stride
@@ -150,15 +150,12 @@ def read(path: str | os.PathLike) -> dict:
     rest before anything is built.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: model file not found" if not path.exists()
-                             else f"{path}: not a regular file")
-    with open(path, "rb") as f:
-        head = f.read(4)
-    # torch.save writes a zip archive (current) or a raw pickle stream (legacy, protocol 2).
-    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
-        raise ModelFileError(f"{path}: not an fcn-cam model file (not a PyTorch file at all: "
-                             f"{'empty' if not head else 'starts with ' + repr(head)})")
+    problem = torch_file_problem(path)
+    if problem is not None:
+        kind, detail = problem
+        raise ModelFileError(f"{path}: not an fcn-cam model file (not a PyTorch file at all: {detail})"
+                             if kind == "not torch" else f"{path}: model file {detail}" if kind == "missing"
+                             else f"{path}: {detail}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

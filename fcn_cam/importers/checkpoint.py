@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import NotAChainError, WeightsError
+from ..files import torch_file_problem
 
 #: Prefixes wrappers put before every key: DataParallel/DDP, torch.compile, Lightning and
 #: hand-written training loops (the attribute holding the net).
@@ -120,14 +121,11 @@ def read_checkpoint(
 def open_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> Checkpoint:
     """:func:`read_checkpoint`, also saying what form the file had and where its weights were."""
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found" if not path.exists()
-                           else f"{path}: not a regular file")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):  # torch.save: a zip, or a legacy pickle
-        found = "empty" if not magic else f"starts with {magic!r}"
-        raise WeightsError(f"{path}: not a PyTorch checkpoint ({found})")
+    problem = torch_file_problem(path)
+    if problem is not None:
+        kind, detail = problem
+        raise WeightsError(f"{path}: not a PyTorch checkpoint ({detail})" if kind == "not torch"
+                           else f"{path}: weights file {detail}" if kind == "missing" else f"{path}: {detail}")
     if _is_torchscript(path):
         return Checkpoint(torchscript_chain(path), "torchscript")
     try:

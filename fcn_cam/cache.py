@@ -22,6 +22,7 @@ import torch
 
 from . import __version__, registry
 from .importers.checkpoint import file_digest, open_checkpoint, read_class_names
+from .settings import DEFAULT_WEIGHTS
 from .zoo import RANDOM, is_weights_file
 
 
@@ -33,7 +34,7 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "fcn-cam"
 
 
-def cache_key(arch: str, weights: str = "DEFAULT", output_stride: int | None = None, **overrides) -> str:
+def cache_key(arch: str, weights: str = DEFAULT_WEIGHTS, output_stride: int | None = None, **overrides) -> str:
     """The hex digest naming the cached conversion of ``arch`` with ``weights``.
 
     A weights file counts by its sha256 (not its path); a torchvision weights name by the
@@ -56,8 +57,8 @@ def cache_key(arch: str, weights: str = "DEFAULT", output_stride: int | None = N
 
 
 def cached_arch(
-    arch: str, weights: str = "DEFAULT", output_stride: int | None = None, device: str | torch.device = "cpu",
-    *, trust_pickle: bool = False, class_names: Sequence[str] | str | os.PathLike | None = None,
+    arch: str, weights: str = DEFAULT_WEIGHTS, output_stride: int | None = None,
+    device: str | torch.device = "cpu", *, trust_pickle: bool = False, class_names: Sequence[str] | str | os.PathLike | None = None,
     input_size: int | tuple[int, int] | None = None, mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ):

@@ -16,7 +16,7 @@ import typer
 
 from .errors import EXPECTED
 from .registry import NAMES
-from .settings import DEFAULT_MODEL, DEFAULT_OUTPUT, DEFAULT_SCALE, Output, Runtime, Settings
+from .settings import DEFAULT_MODEL, DEFAULT_OUTPUT, DEFAULT_SCALE, DEFAULT_WEIGHTS, Output, Runtime, Settings
 
 if TYPE_CHECKING:
     from .jobs import Event
@@ -124,7 +124,7 @@ ConvertDevice = Annotated[str, typer.Option(help="Convert and check on: auto, cp
 
 @app.command()
 def convert(
-    arch: Arch, output: OutFile, weights: Weights = "DEFAULT", output_stride: Stride = None,
+    arch: Arch, output: OutFile, weights: Weights = DEFAULT_WEIGHTS, output_stride: Stride = None,
     trust_pickle: TrustPickle = False, classes: Classes = None, input_size: InputSize = None, mean: Mean = None,
     std: Std = None, scale_01: Scale01 = False, flatten_order: FlattenOrder = None,
     model_output: ModelOutput = None, keep_softmax: KeepSoftmax = False, overwrite: Overwrite = False,
@@ -265,7 +265,7 @@ def explain(
     output_dir: OutDir = None, no_save: NoSave = False, colormap: Colormap = Output.colormap,
     alpha: Alpha = Output.alpha,
     box_fraction: BoxFraction = None, batch_size: BatchSize = Runtime.batch_size,
-    weights: ArchWeights = "DEFAULT", output_stride: ArchStride = None, trust_pickle: TrustPickle = False,
+    weights: ArchWeights = DEFAULT_WEIGHTS, output_stride: ArchStride = None, trust_pickle: TrustPickle = False,
     classes: Classes = None, input_size: InputSize = None, mean: Mean = None, std: Std = None,
     precision: Precision = Runtime.precision, device: Device = Runtime.device,
     channels_last: ChannelsLast = Runtime.channels_last, max_memory: MaxMemory = "auto",
@@ -336,7 +336,7 @@ def compare(
     method: Methods = None, layer: Layer = None, scale: ScaleOpt = None, class_: ClassOpt = None,
     top_k: TopK = Settings.top_k, maps: MapsOpt = Settings.maps, pad: PadOpt = Settings.pad,
     no_pad: NoPad = False, clamp: Clamp = Settings.clamp, rank: Rank = Settings.rank,
-    box_fraction: BoxFraction = None, weights: ArchWeights = "DEFAULT", device: Device = Runtime.device,
+    box_fraction: BoxFraction = None, weights: ArchWeights = DEFAULT_WEIGHTS, device: Device = Runtime.device,
     progress: ProgressOpt = None,
 ) -> None:
     r"""One figure per image: fcn-cam's map and its other map kind beside Grad-CAM, HiResCAM,
@@ -364,7 +364,7 @@ def evaluate(
     layer: Layer = None, faithfulness: Faithful = True, scale: ScaleOpt = None,
     maps: MapsOpt = Settings.maps, pad: PadOpt = Settings.pad, no_pad: NoPad = False,
     clamp: Clamp = Settings.clamp, rank: Rank = Settings.rank, box_fraction: BoxFraction = None,
-    weights: ArchWeights = "DEFAULT", device: Device = Runtime.device, progress: ProgressOpt = None,
+    weights: ArchWeights = DEFAULT_WEIGHTS, device: Device = Runtime.device, progress: ProgressOpt = None,
 ) -> None:
     """Localization (box accuracy, pointing, energy) and faithfulness (deletion, insertion)
     of fcn-cam against the peers on your annotated images, with 95 % intervals; writes
@@ -404,7 +404,7 @@ ExportRank = Annotated[str, typer.Option(help="How target -1 picks the class: au
 def export_cmd(
     model: ExportModel, output: ExportFile, format: ExportFormat = "onnx", opset: Opset = None,
     check_size: CheckSize = None, pad: ExportPad = Settings.pad, rank: ExportRank = Settings.rank,
-    weights: ArchWeights = "DEFAULT", output_stride: ArchStride = None, overwrite: Overwrite = False,
+    weights: ArchWeights = DEFAULT_WEIGHTS, output_stride: ArchStride = None, overwrite: Overwrite = False,
 ) -> None:
     """Export the forward-only CAM graph — score maps, class scores and the cell map of the
     class asked for (or the top one), no autograd — to ONNX or torch.export, with dynamic

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .settings import DEFAULT_MODEL, Output, Runtime, Settings
+from .settings import DEFAULT_MODEL, DEFAULT_WEIGHTS, Output, Runtime, Settings
 
 if TYPE_CHECKING:
     from .explanation import Result
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 
 def convert_file(
-    source: str, output: Path, *, weights: str = "DEFAULT", output_stride: int | None = None,
+    source: str, output: Path, *, weights: str = DEFAULT_WEIGHTS, output_stride: int | None = None,
     overwrite: bool = False, device: str = "cpu", trust_pickle: bool = False, classes: Path | None = None,
     input_size: tuple[int, int] | None = None, mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None, model_output: str | None = None, **onnx: Any,
@@ -202,7 +202,7 @@ class ModelSpec:
     whether a pickled file may be unpickled, class names, input size and normalization."""
 
     model: str = DEFAULT_MODEL
-    weights: str = "DEFAULT"
+    weights: str = DEFAULT_WEIGHTS
     output_stride: int | None = None
     trust_pickle: bool = False
     classes: str | None = None  # a names file: one per line, or a JSON list

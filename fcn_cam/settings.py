@@ -36,6 +36,8 @@ DEFAULT_PAD = "features"
 DEFAULT_CLAMP = False
 #: The model ``fcn-cam explain`` uses when not given ``--model``: torchvision's ImageNet VGG16.
 DEFAULT_MODEL = "vgg16"
+#: The weights of a model named by architecture: torchvision's default (ImageNet) weights.
+DEFAULT_WEIGHTS = "DEFAULT"
 #: Where ``fcn-cam explain`` writes when not given ``-o`` (``$FCN_CAM_OUTPUT`` overrides it).
 DEFAULT_OUTPUT = "fcn-cam-out"
 #: How overlays look: a matplotlib colormap over the image, at this opacity.

@@ -30,6 +30,7 @@ from .importers.checkpoint import (
     read_class_names,
 )
 from .runtime import resolve_device
+from .settings import DEFAULT_WEIGHTS
 from .surgery import FCN, IMAGENET_MEAN, IMAGENET_STD
 
 RANDOM = "random"
@@ -75,9 +76,9 @@ def _torchvision_weights(arch: str, name: str):
 
     enum = torchvision.models.get_model_weights(arch)
     try:
-        return enum.DEFAULT if name == "DEFAULT" else enum[name]
+        return enum.DEFAULT if name == DEFAULT_WEIGHTS else enum[name]
     except KeyError:
-        choices = ", ".join(["DEFAULT", *enum.__members__])
+        choices = ", ".join([DEFAULT_WEIGHTS, *enum.__members__])
         raise WeightsError(
             f"unknown weights {name!r} for {arch}; choose one of: {choices}, a weights file, or {RANDOM!r}"
         ) from None
@@ -185,7 +186,7 @@ def _stack(attr: str, sd: dict[str, torch.Tensor]) -> tuple[list[str], str] | No
     return layers, ", ".join(described)
 
 
-def build(arch: str, weights: str = "DEFAULT", *, trust_pickle: bool = False) -> tuple[nn.Module, dict]:
+def build(arch: str, weights: str = DEFAULT_WEIGHTS, *, trust_pickle: bool = False) -> tuple[nn.Module, dict]:
     """A torchvision classifier in eval mode, and where its weights came from.
 
     Returns:
@@ -288,7 +289,7 @@ def apply_overrides(
 
 
 def torchvision_fcn(
-    arch: str, weights: str = "DEFAULT", *, output_stride: int | None = None, device: Device = "cpu",
+    arch: str, weights: str = DEFAULT_WEIGHTS, *, output_stride: int | None = None, device: Device = "cpu",
     trust_pickle: bool = False, class_names: ClassNames = None, input_size: Size | None = None,
     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
 ) -> FCN:
@@ -302,17 +303,17 @@ def torchvision_fcn(
 
 
 def demo_fcn(
-    name: str, weights: str = "DEFAULT", *, output_stride: int | None = None, device: Device = "cpu",
+    name: str, weights: str = DEFAULT_WEIGHTS, *, output_stride: int | None = None, device: Device = "cpu",
     trust_pickle: bool = False, class_names: ClassNames = None, input_size: Size | None = None,
     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
 ) -> FCN:
     """The registry's builder for the shipped demo twins (``demo-fc``: the VGG-shaped FC head;
     ``demo-gap``: its GAP twin); ``weights`` may be ``DEFAULT``/``shipped`` or a checkpoint of
-    ``benchmarks/train_twins.py``."""
+    ``python -m fcn_cam.demo.train_twins``."""
     from .demo.scenes import CLASS_NAMES
     from .demo.twins import INPUT_SIZE, MEAN, STD, twins
 
-    path = None if weights in ("DEFAULT", "shipped") else weights
+    path = None if weights in (DEFAULT_WEIGHTS, "shipped") else weights
     try:
         fc, gap = twins(path)
     except FileNotFoundError as e:
@@ -328,7 +329,7 @@ def demo_fcn(
 
 
 def load_arch(
-    arch: str, weights: str = "DEFAULT", *, output_stride: int | None = None, device: Device = "cpu",
+    arch: str, weights: str = DEFAULT_WEIGHTS, *, output_stride: int | None = None, device: Device = "cpu",
     trust_pickle: bool = False, class_names: ClassNames = None, input_size: Size | None = None,
     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
 ) -> FCN:

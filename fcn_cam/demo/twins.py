@@ -15,7 +15,7 @@ ending in a 2x2 max-pool), so a ``SCENE_SIZE``-pixel input gives a ``FEATURE_SIZ
                  fc=Linear(FEATURE_CHANNELS, K))
 
 Only standard ``torch.nn`` layers are used. Weights trained from scratch on
-:func:`fcn_cam.demo.scenes` by ``benchmarks/train_twins.py`` ship in ``twins.pt`` next to
+:func:`fcn_cam.demo.scenes` by ``python -m fcn_cam.demo.train_twins`` ship in ``twins.pt`` next to
 this file.
 """
 
@@ -45,7 +45,7 @@ HIDDEN = 256
 #: slower on the CPU budget, see benchmarks/results/twins.md). No effect in eval mode.
 DROPOUT = 0.2
 #: Per-channel mean and std of training scenes scaled to [0, 1] (``scenes(4096, seed=1,
-#: split="train")``, recomputed by ``benchmarks/train_twins.py --stats``); the twins take
+#: split="train")``, recomputed by ``python -m fcn_cam.demo.train_twins --stats``); the twins take
 #: ``(img / 255 - MEAN) / STD``.
 MEAN: tuple[float, float, float] = (0.459, 0.3935, 0.3714)
 STD: tuple[float, float, float] = (0.2616, 0.2364, 0.2389)
@@ -139,7 +139,7 @@ def _load(path: str | Path | None) -> dict[str, Any]:
     path = Path(path) if path is not None else WEIGHTS_PATH
     if not path.exists():
         raise FileNotFoundError(
-            f"twin weights not found at {path}; train them with benchmarks/train_twins.py"
+            f"twin weights not found at {path}; train them with python -m fcn_cam.demo.train_twins"
         )
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -154,7 +154,7 @@ def twins(path: str | Path | None = None) -> tuple[nn.Sequential, nn.Sequential]
     """Build both twins, load the shipped (or given) weights and return them in eval mode.
 
     Args:
-        path: a checkpoint saved by ``benchmarks/train_twins.py``; default ``WEIGHTS_PATH``.
+        path: a checkpoint saved by ``python -m fcn_cam.demo.train_twins``; default ``WEIGHTS_PATH``.
 
     Returns:
         ``(fc_model, gap_model)``, each mapping ``[B, 3, INPUT_SIZE, INPUT_SIZE]`` normalized

@@ -6,8 +6,8 @@ recipe; only the head differs. Writes the weights to ``fcn_cam/demo/twins.pt`` a
 
 Usage::
 
-    python benchmarks/train_twins.py              # the shipped recipe
-    python benchmarks/train_twins.py --stats      # print MEAN/STD for fcn_cam/demo/twins.py
+    python -m fcn_cam.demo.train_twins              # the shipped recipe
+    python -m fcn_cam.demo.train_twins --stats      # print MEAN/STD for fcn_cam/demo/twins.py
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from fcn_cam.maps import score_maps
 T = importlib.import_module("fcn_cam.demo.twins")
 make_scenes = importlib.import_module("fcn_cam.demo.scenes").scenes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (results go to benchmarks/results)
 EASY_SEED, TRAIN_SEED, VAL_SEED, TEST_SEED = 10, 1, 2, 3
 #: Scales of the score-map accuracies (the image's side, relative to the native 112 px).
 MAP_SCALES = (1.0, 1.5, 2.0, 3.0)
@@ -441,7 +441,7 @@ def render_md(r: dict) -> str:
     lines = [
         "# Demo twins: training record",
         "",
-        "Produced by `benchmarks/train_twins.py`; weights in `fcn_cam/demo/twins.pt`, loaded by "
+        "Produced by `python -m fcn_cam.demo.train_twins`; weights in `fcn_cam/demo/twins.pt`, loaded by "
         "`fcn_cam.demo.twins()`.",
         "",
         f"Command: `{r['command']}`",

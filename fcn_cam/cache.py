@@ -58,7 +58,8 @@ def cache_key(arch: str, weights: str = DEFAULT_WEIGHTS, output_stride: int | No
 
 def cached_arch(
     arch: str, weights: str = DEFAULT_WEIGHTS, output_stride: int | None = None,
-    device: str | torch.device = "cpu", *, trust_pickle: bool = False, class_names: Sequence[str] | str | os.PathLike | None = None,
+    device: str | torch.device = "cpu", *, trust_pickle: bool = False,
+    class_names: Sequence[str] | str | os.PathLike | None = None,
     input_size: int | tuple[int, int] | None = None, mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ):

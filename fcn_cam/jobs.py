@@ -390,6 +390,26 @@ def find_inputs(images: Sequence[Path], out: OutputDir | None, ray: bool, notes:
     return paths
 
 
+def _open_folder(output: Output, request: dict[str, Any], notes: list[str]) -> OutputDir | None:
+    """The output folder, or None (``--no-save``); a default folder that cannot be used says
+    how to choose another."""
+    from .errors import OutputError
+    from .outputs import OutputDir
+
+    if output.dir is None:
+        return None
+    try:
+        out = OutputDir(output.dir, request=request, **output.folder_kwargs())
+    except OutputError as e:
+        if output.implicit:
+            raise OutputError(f"{e}; pass -o DIR to write elsewhere, or --no-save") from None
+        raise
+    if out.cleaned:
+        notes.append(f"note: removed {len(out.cleaned)} temporary files left by an interrupted run in "
+                     f"{output.dir}")
+    return out
+
+
 def plan_explain(
     images: Sequence[Path], spec: ModelSpec, settings: Settings, runtime: Runtime, output: Output, *,
     max_memory: str | int | None = "auto", ray: dict[str, Any] | None = None,
@@ -403,7 +423,6 @@ def plan_explain(
     from .files import shown
     from .geometry import input_activation_bytes
     from .images import header_size
-    from .outputs import OutputDir
     from .render import check_colormap
 
     check_colormap(output.colormap)
@@ -419,13 +438,13 @@ def plan_explain(
         notes.append(f"note: --top-k {settings.top_k} is more than the model's {fcn.num_classes} classes; "
                      f"explaining all {fcn.num_classes}")
     _check_square(fcn, s, budget)
-    out = None
-    if output.dir is not None:
-        out = OutputDir(output.dir, request=request_of(s, spec, runtime), **output.folder_kwargs())
-        if out.cleaned:
-            notes.append(f"note: removed {len(out.cleaned)} temporary files left by an interrupted run in "
-                         f"{output.dir}")
-    paths = find_inputs(images, out, ray is not None, notes)
+    out = _open_folder(output, request_of(s, spec, runtime), notes)
+    try:
+        paths = find_inputs(images, out, ray is not None, notes)
+    except BaseException:
+        if out:
+            out.close()
+        raise
     job = ExplainJob(fcn, spec, s, runtime, output, [], [], out, notes, Tally(total=len(paths)), ray=ray)
     side_list = sides(fcn, s.scale)
     for p in paths:  # resume and budget: decided before anything is decoded

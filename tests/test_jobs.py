@@ -213,3 +213,12 @@ def test_without_o_a_default_folder_is_written_and_said(small_model_file, photos
     assert len(jsonl(tmp_path / "fcn-cam-out")) == 1
     r = run("explain", "-m", small_model_file, "--no-save", "-o", tmp_path / "x", photos["gray"])
     assert r.exit_code == 2 and "--no-save" in r.output
+
+
+def test_an_unusable_default_folder_says_what_to_do(small_model_file, photos, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FCN_CAM_OUTPUT")
+    (tmp_path / "fcn-cam-out").write_text("a file where the default folder would go")
+    r = run("explain", "-m", small_model_file, "--scale", "1", photos["cat"])
+    assert r.exit_code == 2 and "fcn-cam-out" in r.output and "-o DIR" in r.output and "--no-save" in r.output
+    assert len(r.output.strip().splitlines()) == 1

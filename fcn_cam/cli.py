@@ -214,6 +214,12 @@ ReportOpt = Annotated[bool, typer.Option(
     "open in a browser (as `fcn-cam report`).")]
 
 
+def explained_settings(scale, class_, top_k, maps, pad, no_pad, clamp, rank, box_fraction) -> Settings:
+    """explain's options as :class:`Settings` (``compare`` and ``evaluate`` take the same)."""
+    return Settings(scale=tuple(scale or DEFAULT_SCALE), maps=maps, pad="none" if no_pad else pad, clamp=clamp,
+                    target=class_, top_k=top_k, box_fraction=box_fraction, rank=rank)
+
+
 def printer(progress: bool):
     """What ``explain`` shows of a run's events: records on stdout, the rest on stderr."""
 
@@ -284,8 +290,7 @@ def explain(
     from .jobs import ModelSpec, plan_explain
 
     try:
-        settings = Settings(scale=tuple(scale or DEFAULT_SCALE), maps=maps, pad="none" if no_pad else pad,
-                            clamp=clamp, target=class_, top_k=top_k, box_fraction=box_fraction, rank=rank)
+        settings = explained_settings(scale, class_, top_k, maps, pad, no_pad, clamp, rank, box_fraction)
         runtime = Runtime(device=device, precision=precision, channels_last=channels_last,
                           batch_size=batch_size, max_pixels=max_pixels)
         look = {"colormap": colormap, "alpha": alpha, "report": report}
@@ -322,12 +327,6 @@ Split = Annotated[float | None, typer.Option(
     help="This share of the images (drawn at random) chooses every method's box fraction and is not "
     "scored; default: the defaults, and the report says so.", min=0, max=1)]
 Faithful = Annotated[bool, typer.Option(help="Deletion and insertion AUC (slower).")]
-
-
-def explained_settings(scale, class_, top_k, maps, pad, no_pad, clamp, rank, box_fraction) -> Settings:
-    """explain's options as :class:`Settings` (``compare`` and ``evaluate`` take the same)."""
-    return Settings(scale=tuple(scale or DEFAULT_SCALE), maps=maps, pad="none" if no_pad else pad, clamp=clamp,
-                    target=class_, top_k=top_k, box_fraction=box_fraction, rank=rank)
 
 
 @app.command()

@@ -44,7 +44,7 @@ def cache_key(arch: str, weights: str = DEFAULT_WEIGHTS, output_stride: int | No
 
     parts: dict = {"arch": arch, "weights": weights, "output_stride": output_stride,
                    "fcn_cam": __version__, "format": VERSION}
-    if is_weights_file(weights):
+    if is_weights_file(weights) and Path(weights).is_file():  # (a missing file: load_arch says so)
         parts["weights"], parts["weights_sha256"] = "file", file_digest(weights)["sha256"]
     elif weights != RANDOM:
         parts["torchvision"] = importlib.metadata.version("torchvision")

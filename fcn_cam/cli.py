@@ -194,6 +194,8 @@ Precision = Annotated[str, typer.Option(
     help="auto (bf16 only where the hardware has bf16 units, else fp32), fp32, bf16, or fp16 (GPU).")]
 Device = Annotated[str, typer.Option(help="auto (CUDA if available), cpu, cuda, cuda:N, mps.")]
 ChannelsLast = Annotated[bool, typer.Option(help="Channels-last memory format.")]
+Threads = Annotated[int | None, typer.Option(
+    help="torch's CPU threads for the run (default: torch's own).", min=1)]
 MaxMemory = Annotated[str, typer.Option(
     help="Refuse an image whose estimated activation memory (from the layers' channel counts and the input "
     "size) exceeds this: e.g. 4G, 512M, or none. Default: 3/4 of the RAM.")]
@@ -274,8 +276,8 @@ def explain(
     weights: ArchWeights = DEFAULT_WEIGHTS, output_stride: ArchStride = None, trust_pickle: TrustPickle = False,
     classes: Classes = None, input_size: InputSize = None, mean: Mean = None, std: Std = None,
     precision: Precision = Runtime.precision, device: Device = Runtime.device,
-    channels_last: ChannelsLast = Runtime.channels_last, max_memory: MaxMemory = "auto",
-    max_pixels: MaxPixels = Runtime.max_pixels,
+    channels_last: ChannelsLast = Runtime.channels_last, threads: Threads = Runtime.threads,
+    max_memory: MaxMemory = "auto", max_pixels: MaxPixels = Runtime.max_pixels,
     overwrite: OverwriteRecords = False, report: ReportOpt = False, ray: Ray = None,
     ray_actors: RayActors = None, ray_gpus: RayGpus = 0,
 ) -> None:
@@ -292,7 +294,7 @@ def explain(
     try:
         settings = explained_settings(scale, class_, top_k, maps, pad, no_pad, clamp, rank, box_fraction)
         runtime = Runtime(device=device, precision=precision, channels_last=channels_last,
-                          batch_size=batch_size, max_pixels=max_pixels)
+                          batch_size=batch_size, threads=threads, max_pixels=max_pixels)
         look = {"colormap": colormap, "alpha": alpha, "report": report}
         if no_save and (output_dir is not None or report):
             raise ValueError("--no-save writes nothing; do not combine it with -o or --report")
@@ -303,7 +305,7 @@ def explain(
                          size_option(input_size), **normalization(mean, std, False))
         job = plan_explain(images, spec, settings, runtime, output,
                            max_memory=max_memory, ray=ray_opts)
-    except (*expected_errors(), ImportError) as e:
+    except (*expected_errors(), ImportError, OSError) as e:
         raise fail(str(e)) from None
     for note in job.notes:
         echo_err(note)

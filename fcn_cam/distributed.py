@@ -14,6 +14,7 @@ Ray's object store. Install with ``pip install 'fcn-cam[ray]'``.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import logging
@@ -33,7 +34,7 @@ from .modelfile import load
 from .outputs import OutputDir
 from .records import commit
 from .runtime import prepare
-from .settings import MAX_PIXELS, Runtime
+from .settings import MAX_PIXELS, Runtime, Settings
 from .surgery import FCN
 
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
@@ -77,6 +78,20 @@ def image_paths(inputs: str | os.PathLike | Iterable[str | os.PathLike],
         else:
             out += find_images([p], exclude=exclude)
     return out
+
+
+def _request(model: FCN | str | os.PathLike, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The record key's request when the caller gave none (``fcn-cam explain`` gives its own):
+    the settings asked for and the model's identity, so that another request or another model
+    writes new records instead of finding these done."""
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    asked = (options.get("settings") or Settings()).replace(**{k: v for k, v in options.items() if k in fields})
+    if isinstance(model, FCN):
+        who = {k: model.info.get(k) for k in ("arch", "weights", "weights_file", "exactness")}
+    else:
+        st = Path(model).stat()
+        who = {"file": str(Path(model).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"settings": asked.as_request(), "model": who}
 
 
 class Explainer:
@@ -201,6 +216,8 @@ def explain_dataset(
     if not paths:
         raise ValueError("no images found in the given paths")
     output = dict(output or {})
+    if output_dir is not None and "request" not in output:  # the key: what was asked, of which model
+        output["request"] = _request(model, options)
     root = None
     if output_dir is not None:
         with OutputDir(output_dir, **output):  # usable? (one clear error here, not in every actor)

@@ -169,7 +169,7 @@ def parse_bytes(text: str) -> int | None:
         value = float(t[:-1] if mult > 1 else t) * mult
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value <= 0:
+    if not math.isfinite(value) or int(value) <= 0:
         raise ValueError(f"--max-memory {text!r}: expected a size such as 4G or 512M, or none for no limit")
     return int(value)
 
@@ -213,6 +213,15 @@ class ModelSpec:
     def is_file(self) -> bool:
         return Path(self.model).is_file()
 
+    def ships_as_file(self) -> bool:
+        """Whether a Ray actor can read the model file itself and get the same model: an
+        fcn-cam model file said nothing more about (a TorchScript or pickled file, or one with
+        overrides, is converted once here and sent as an object)."""
+        from .importers.checkpoint import is_torchscript
+
+        return (self.is_file() and not self.trust_pickle and not is_torchscript(Path(self.model))
+                and all(v is None for v in self.overrides().values()))
+
     def overrides(self) -> dict[str, Any]:
         """What the user says about the model, as :func:`fcn_cam.zoo.load_arch` takes it."""
         return {"class_names": self.classes, "input_size": self.input_size, "mean": self.mean, "std": self.std}
@@ -224,11 +233,10 @@ class ModelSpec:
             from .importers.checkpoint import read_class_names
 
             said["class_names"] = read_class_names(said["class_names"])
-        p = Path(self.model)
-        if p.is_file():
-            st = p.stat()
-            return {"file": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, **said}
-        return {"arch": self.model, "weights": self.weights, "output_stride": self.output_stride, **said}
+        if self.is_file():
+            return {**_file_identity(Path(self.model)), **said}
+        weights = _file_identity(Path(self.weights)) if Path(self.weights).is_file() else self.weights
+        return {"arch": self.model, "weights": weights, "output_stride": self.output_stride, **said}
 
     def open(self, device: str = "cpu", notes: list[str] | None = None) -> FCN:
         """The converted model on ``device``; what was done to get it goes into ``notes``."""
@@ -237,7 +245,10 @@ class ModelSpec:
         from .runtime import resolve_device
 
         dev = resolve_device(device)
-        if self.model in NAMES and not Path(self.model).exists():
+        if not self.is_file() and self.model not in NAMES and not Path(self.model).exists():
+            raise ValueError(f"{self.model}: no such model file, and not a model fcn-cam knows by name "
+                             f"({', '.join(NAMES)})")
+        if self.model in NAMES and not self.is_file():
             kw = {"trust_pickle": self.trust_pickle, **self.overrides()}
             if self.weights == zoo.RANDOM:  # nothing worth keeping
                 return zoo.load_arch(self.model, self.weights, output_stride=self.output_stride, device=dev,
@@ -282,6 +293,13 @@ class ModelSpec:
             raise ModelFileError(f"{self.model}: not an fcn-cam model file")
         return load_checkpoint(self.model, trust_pickle=self.trust_pickle, output_stride=self.output_stride,
                                device=device, **{k: v for k, v in self.overrides().items() if v is not None})
+
+
+def _file_identity(path: Path) -> dict[str, Any]:
+    """A file as the record key knows it: where it is, how big, when it last changed (a
+    retrained checkpoint saved over the old one gives new records)."""
+    st = path.stat()
+    return {"file": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 # -- planning ------------------------------------------------------------------------------
@@ -378,7 +396,8 @@ def find_inputs(images: Sequence[Path], out: OutputDir | None, ray: bool, notes:
         root = os.path.realpath(out.root)  # (a folder that is also the output folder holds our files)
         paths = [p for p in paths if not (os.path.realpath(p.parent) == root and is_output_name(p.name))]
         kept = set(paths)
-        ours = [p for p in map(Path, images) if p.is_file() and p not in kept]
+        ours = [p for p in map(Path, images)
+                if p.is_file() and p not in kept and Path(root) in Path(os.path.realpath(p)).parents]
         if ours:
             notes.append(f"note: skipped {len(ours)} input(s) inside the output folder {out.root} (e.g. "
                          f"{ours[0].name}): what is there is fcn-cam's own output, never an input")
@@ -494,12 +513,28 @@ def _results(job: ExplainJob) -> Iterator[Result]:
     writing = {**job.output.folder_kwargs(), "request": request_of(job.settings, job.spec, job.runtime),
                "protect": out.protect} if out else {}
     # a model file is read by each actor; an architecture goes through the object store
-    shipped = job.spec.model if job.spec.is_file() else job.fcn
+    shipped = job.spec.model if job.spec.ships_as_file() else job.fcn
     return distributed.explain_dataset(
         shipped, job.todo, job.output.dir if out else None, address=job.ray.get("address"),
         actors=job.ray.get("actors"), num_gpus=job.ray.get("num_gpus", 0),
         runtime=job.runtime.prepare_kwargs(), output=writing, max_pixels=job.runtime.max_pixels,
         settings=job.settings, batch_size=job.runtime.batch_size)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` (None: as they are) for the block, restored after."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 #: What a folder's record adds to the explanation's own (:mod:`fcn_cam.outputs`).
@@ -540,19 +575,20 @@ def run(job: ExplainJob, emit: Callable[[Event], None]) -> Tally:
             emit(Event("record", record=record))
         return r
 
-    stream = prefetch(finish, _results(job), workers=1, depth=4)
-    try:
-        for i, r in enumerate(stream, 1):
-            emit(Event("progress", shown(r.path.name), done=i, todo=len(job.todo)))
-        stream.close()
-        if job.output.report and job.out:  # also after failures: what was written is there to browse
-            _report(job, emit)
-    finally:
-        stream.close()  # lets the writer finish (and report) what it has started
-        for line in folder_notes(job):  # lines another process damaged meanwhile
-            emit(Event("note", line))
-        if job.out:
-            job.out.close()
+    with _torch_threads(job.runtime.threads):
+        stream = prefetch(finish, _results(job), workers=1, depth=4)
+        try:
+            for i, r in enumerate(stream, 1):
+                emit(Event("progress", shown(r.path.name), done=i, todo=len(job.todo)))
+            stream.close()
+            if job.output.report and job.out:  # also after failures: what was written is there to browse
+                _report(job, emit)
+        finally:
+            stream.close()  # lets the writer finish (and report) what it has started
+            for line in folder_notes(job):  # lines another process damaged meanwhile
+                emit(Event("note", line))
+            if job.out:
+                job.out.close()
     return tally
 
 

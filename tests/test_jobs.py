@@ -222,3 +222,61 @@ def test_an_unusable_default_folder_says_what_to_do(small_model_file, photos, tm
     r = run("explain", "-m", small_model_file, "--scale", "1", photos["cat"])
     assert r.exit_code == 2 and "fcn-cam-out" in r.output and "-o DIR" in r.output and "--no-save" in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_review_findings_on_model_names_files_and_sizes(small_model_file, photos, tmp_path, monkeypatch):
+    """A folder named like an architecture does not shadow it; a misspelled name says what
+    fcn-cam knows; a missing --weights file is one line; --max-memory 0.5 is refused; the
+    record key follows the weights file's content; an explicit input outside the output
+    folder is never said to be inside it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo-fc").mkdir()
+    assert not jobs.ModelSpec("demo-fc").is_file()
+    r = run("explain", "-m", "demo-fc", "--scale", "1", "--no-save", photos["cat"])
+    assert r.exit_code == 0, r.output
+    r = run("explain", "-m", "vgg61", photos["cat"])
+    assert r.exit_code == 2 and "vgg61: no such model file" in r.output and "vgg16" in r.output
+    r = run("explain", "-m", "alexnet", "--weights", tmp_path / "missing.pt", "--no-save", photos["cat"])
+    assert r.exit_code == 2 and "missing.pt: weights file not found" in r.output and "Traceback" not in r.output
+    with pytest.raises(ValueError, match="expected a size"):
+        jobs.parse_bytes("0.5")
+    ckpt = tmp_path / "w.pt"
+    ckpt.write_bytes(b"1")
+    before = jobs.ModelSpec("alexnet", str(ckpt)).identity()
+    time.sleep(0.01)
+    ckpt.write_bytes(b"22")  # retrained over the old file
+    assert jobs.ModelSpec("alexnet", str(ckpt)).identity() != before
+    notes: list[str] = []
+    from fcn_cam.outputs import OutputDir
+
+    with OutputDir(tmp_path / "o") as out:
+        paths = jobs.find_inputs([photos["cat"]], out, False, notes)
+    assert paths == [photos["cat"]] and notes == []
+
+
+def test_threads_are_set_for_the_run_and_restored(small_model_file, photos, tmp_path):
+    import torch
+
+    old = torch.get_num_threads()
+    seen = []
+    job = jobs.plan_explain([photos["cat"]], jobs.ModelSpec(str(small_model_file)), Settings(scale=1),
+                            Runtime(device="cpu", threads=1), Output())
+    jobs.run(job, lambda e: seen.append(torch.get_num_threads()) if e.kind == "record" else None)
+    assert seen == [1] and torch.get_num_threads() == old
+
+
+def test_ray_ships_a_file_only_when_it_is_the_whole_model(small_model_file, tmp_path):
+    assert jobs.ModelSpec(str(small_model_file)).ships_as_file()
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(f"n{i}" for i in range(5)))
+    assert not jobs.ModelSpec(str(small_model_file), classes=str(names)).ships_as_file()
+    assert not jobs.ModelSpec("vgg16").ships_as_file()
+
+
+def test_explain_dataset_keys_records_by_settings_and_model(small_model_file):
+    from fcn_cam import distributed
+
+    a = distributed._request(str(small_model_file), {"scale": 2})
+    b = distributed._request(str(small_model_file), {"scale": 1})
+    assert a != b and a["model"]["file"] == str(small_model_file.resolve())
+    assert a["settings"]["scale"] == [2.0]

@@ -126,7 +126,7 @@ def open_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> C
         kind, detail = problem
         raise WeightsError(f"{path}: not a PyTorch checkpoint ({detail})" if kind == "not torch"
                            else f"{path}: weights file {detail}" if kind == "missing" else f"{path}: {detail}")
-    if _is_torchscript(path):
+    if is_torchscript(path):
         return Checkpoint(torchscript_chain(path), "torchscript")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -247,7 +247,7 @@ def _describe(v: object) -> str:
 # -- TorchScript archives
 
 
-def _is_torchscript(path: Path) -> bool:
+def is_torchscript(path: Path) -> bool:
     """A ``torch.jit.save`` archive: a zip holding ``constants.pkl`` and ``code/`` (``torch.save``
     writes neither)."""
     if not zipfile.is_zipfile(path):

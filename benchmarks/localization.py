@@ -70,7 +70,9 @@ class Bench:
         """The scenes as a user's folder (written once), and their boxes read back through
         ``fcn_cam.annotations``: the boxes every score below uses."""
         root = SCENES_DIR / f"{split}-seed{SEEDS[split]}-n{len(data)}"
-        paths = voc.write_scenes(data, root)
+        # names unique across the splits: evaluate pairs images with boxes by name, and the
+        # validation and test folders go into one annotation set
+        paths = voc.write_scenes(data, root, prefix=split)
         ann = read_annotations(root / "annotations", data.class_names)
         boxes = np.array([ann[p.name][0].xyxy for p in paths], dtype=np.int64)
         labels = np.array([ann[p.name][0].class_index for p in paths], dtype=np.int64)

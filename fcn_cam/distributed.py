@@ -29,6 +29,7 @@ from PIL import Image
 
 from .errors import RayRunError
 from .explanation import Result, explain_files, failure, prefetch
+from .files import file_identity
 from .images import ImageError, decode_batch, find_images
 from .modelfile import load
 from .outputs import OutputDir
@@ -89,8 +90,7 @@ def _request(model: FCN | str | os.PathLike, options: Mapping[str, Any]) -> dict
     if isinstance(model, FCN):
         who = {k: model.info.get(k) for k in ("arch", "weights", "weights_file", "exactness")}
     else:
-        st = Path(model).stat()
-        who = {"file": str(Path(model).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        who = file_identity(Path(model))
     return {"settings": asked.as_request(), "model": who}
 
 

@@ -223,3 +223,10 @@ def torch_file_problem(path: Path) -> tuple[str, str] | None:
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         return None
     return "not torch", "empty" if not head else f"starts with {head!r}"
+
+
+def file_identity(path: Path) -> dict:
+    """A file as a record key knows it: where it is, how big, when it last changed (a file
+    rewritten in place, such as a retrained checkpoint, gives new records)."""
+    st = path.stat()
+    return {"file": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}

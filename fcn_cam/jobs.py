@@ -228,14 +228,16 @@ class ModelSpec:
 
     def identity(self) -> dict[str, Any]:
         """What identifies the model across runs (part of the record key)."""
+        from .files import file_identity
+
         said = {k: v for k, v in self.overrides().items() if v is not None}
         if said.get("class_names"):  # a names file counts by the names it holds
             from .importers.checkpoint import read_class_names
 
             said["class_names"] = read_class_names(said["class_names"])
         if self.is_file():
-            return {**_file_identity(Path(self.model)), **said}
-        weights = _file_identity(Path(self.weights)) if Path(self.weights).is_file() else self.weights
+            return {**file_identity(Path(self.model)), **said}
+        weights = file_identity(Path(self.weights)) if Path(self.weights).is_file() else self.weights
         return {"arch": self.model, "weights": weights, "output_stride": self.output_stride, **said}
 
     def open(self, device: str = "cpu", notes: list[str] | None = None) -> FCN:
@@ -293,13 +295,6 @@ class ModelSpec:
             raise ModelFileError(f"{self.model}: not an fcn-cam model file")
         return load_checkpoint(self.model, trust_pickle=self.trust_pickle, output_stride=self.output_stride,
                                device=device, **{k: v for k, v in self.overrides().items() if v is not None})
-
-
-def _file_identity(path: Path) -> dict[str, Any]:
-    """A file as the record key knows it: where it is, how big, when it last changed (a
-    retrained checkpoint saved over the old one gives new records)."""
-    st = path.stat()
-    return {"file": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 # -- planning ------------------------------------------------------------------------------
